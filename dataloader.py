@@ -1,0 +1,405 @@
+"""Datasets for DRAW: found under data/, decoded once into a uint8 cache, then kept in memory.
+
+Sources (the `dataset` key names one; 'auto' takes the first found under `data_path`):
+  csv              Kaggle DHCD `data.csv` (or any *.csv / *.csv.gz): pixel_0000..pixel_1023,character
+  uci              UCI DHCD folders Train/<class>/*.png and Test/<class>/*.png (the official split)
+  binarized_mnist  binarized_mnist_{train,valid,test}.amat[.gz] (train + valid for training)
+  mnist            the four MNIST idx files, gzipped or not
+  folder           any folder of class subfolders of images (the 2019 implementation's layout)
+  builtin          all 46 DHCD classes rendered from Devanagari fonts: no download needed
+"""
+import gzip
+import hashlib
+import io
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import devanagari
+from utils import InputError, atomic_save
+
+SOURCES = ('auto', 'csv', 'uci', 'binarized_mnist', 'mnist', 'folder', 'builtin')
+IMAGE_SUFFIXES = {'.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp'}
+CACHE_VERSION = 1  # bump when decoding changes, so old caches are rebuilt
+BUILTIN_PER_CLASS = (300, 50)  # rendered images per class: train, test
+
+
+@dataclass
+class Dataset:
+    train_x: torch.Tensor  # (n, 1, B, A) uint8
+    train_y: torch.Tensor  # (n,) int64, indexes classes
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list
+    name: str  # what was loaded, for the log
+
+
+def natural_key(name):
+    """Sort 'character_2_kha' before 'character_10_yna'."""
+    return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', name)]
+
+
+def canonical(name):
+    """Class names compare without case or zero padding: character_01_ka == character_1_ka."""
+    return re.sub(r'\d+', lambda m: str(int(m.group())), name.strip().lower())
+
+
+# -- finding the source -------------------------------------------------------------------------
+def subdirs(d):
+    return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith('.'))
+
+
+def find_csv(root):
+    found = sorted(p for p in root.iterdir() if p.is_file() and p.name.lower().endswith(('.csv', '.csv.gz')))
+    preferred = [p for p in found if p.name.lower() == 'data.csv']
+    if len(found) > 1 and not preferred:
+        names = ', '.join(p.name for p in found)
+        raise InputError(f"{root}: several CSV files ({names}); set data_path to the one to train on.")
+    return (preferred or found or [None])[0]
+
+
+def find_uci(root):
+    for d in [root, *subdirs(root), *(p for s in subdirs(root) for p in subdirs(s))]:
+        names = {p.name.lower() for p in subdirs(d)}
+        if {'train', 'test'} <= names:
+            return d
+    return None
+
+
+def find_file(root, names):
+    """The first file under root (searched recursively) with one of these names, or None."""
+    found = sorted(p for name in names for p in root.rglob(name) if '.cache' not in p.parts)
+    return found[0] if found else None
+
+
+def find_folder(root):
+    def has_class_folders(d):
+        return any(any(f.suffix.lower() in IMAGE_SUFFIXES for f in sub.iterdir()) for sub in subdirs(d))
+    return next((d for d in [root, *subdirs(root)] if has_class_folders(d)), None)
+
+
+FINDERS = {  # in the order 'auto' tries them
+    'csv': find_csv,
+    'uci': find_uci,
+    'binarized_mnist': lambda root: find_file(root, ['binarized_mnist_train.amat', 'binarized_mnist_train.amat.gz']),
+    'mnist': lambda root: find_file(root, ['train-images-idx3-ubyte', 'train-images-idx3-ubyte.gz']),
+    'folder': find_folder,
+}
+
+
+def find_source(dataset, data_path):
+    """(source kind, path) for the dataset key; ('builtin', reason) when 'auto' finds nothing."""
+    if dataset not in SOURCES:
+        raise InputError(f"dataset={dataset!r} is not a source; choose one of {', '.join(SOURCES)}.")
+    if dataset == 'builtin':
+        return 'builtin', 'dataset=builtin'
+    if data_path.is_file():
+        if dataset in ('auto', 'csv') and data_path.name.endswith(('.csv', '.csv.gz')):
+            return 'csv', data_path
+        raise InputError(f"data_path {data_path} is a file but not a .csv or .csv.gz; "
+                         f"point data_path at a CSV or at the folder holding the data.")
+    if not data_path.is_dir():
+        if dataset != 'auto':
+            raise InputError(f"data_path {data_path} does not exist (dataset={dataset}).")
+        return 'builtin', f"{data_path}/ does not exist"
+    for kind, finder in FINDERS.items():
+        if dataset in ('auto', kind):
+            path = finder(data_path)
+            if path is not None:
+                return kind, path
+    if dataset != 'auto':
+        raise InputError(f"no {dataset} data found under {data_path}; the README lists the layouts read.")
+    return 'builtin', f"no dataset found in {data_path}/"
+
+
+# -- decoders: each returns (train_x, train_y, test_x or None, test_y or None, classes) ----------
+def read_bytes(path):
+    if not path.is_file():
+        raise InputError(f"{path}: file not found; the {path.parent} folder is incomplete.")
+    data = path.read_bytes()
+    if path.suffix == '.gz':
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise InputError(f"{path}: not a readable gzip file ({e}); download it again.") from None
+    return data
+
+
+def count_per_line(raw, chars):
+    """For each line of raw text: how many of its bytes are in chars, and how many are not blank."""
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    bounds = np.concatenate(([0], np.flatnonzero(buf == ord('\n')) + 1, [len(buf)]))
+    def per_line(mask):
+        return np.diff(np.concatenate(([0], np.cumsum(mask)))[bounds])
+    return per_line(np.isin(buf, list(chars))), per_line(~np.isin(buf, list(b' \t\r\n')))
+
+
+def decode_csv(path, A, B, log):
+    raw = read_bytes(path).removeprefix(b'\xef\xbb\xbf').replace(b'\r\n', b'\n')
+    commas, filled = count_per_line(raw, b',')
+    lines = np.flatnonzero(filled)  # blank lines are skipped
+    if len(lines) < 2:
+        raise InputError(f"{path}: no data rows under the header; a DHCD CSV has one row per image.")
+    bad = lines[commas[lines] != commas[lines[0]]]
+    if len(bad):
+        raise InputError(f"{path}, line {bad[0] + 1}: {commas[bad[0]] + 1} fields where the header has "
+                         f"{commas[lines[0]] + 1}; each row needs one value per pixel, then the class name.")
+    text = b'\n'.join(line for line in raw.split(b'\n') if line.strip())
+    try:
+        df = pd.read_csv(io.BytesIO(text), low_memory=False)
+    except (pd.errors.ParserError, ValueError) as e:
+        raise InputError(f"{path}: not a readable CSV ({e}).") from None
+    pixel_cols = [c for c in df.columns if str(c).startswith('pixel')]
+    side = int(round(len(pixel_cols) ** 0.5))
+    if 'character' not in df.columns or not pixel_cols or side * side != len(pixel_cols) \
+            or len(df.columns) != len(pixel_cols) + 1:
+        raise InputError(f"{path}: the header must be pixel_0000,...,pixel_1023,character (Kaggle's DHCD "
+                         f"layout: one column per pixel of a square image, then the class); found "
+                         f"{len(df.columns)} columns: {', '.join(map(str, df.columns[:3]))}, ...")
+    pixels = df[pixel_cols].apply(pd.to_numeric, errors='coerce').to_numpy(dtype=np.float32)
+    bad = np.isnan(pixels) | (pixels < 0) | (pixels > 255) | (pixels != np.round(pixels))
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise InputError(f"{path}, line {lines[row + 1] + 1}, {pixel_cols[col]}: "
+                         f"{df[pixel_cols[col]].iat[row]!r} is not a pixel value (an integer 0-255).")
+    names = df['character'].astype(str).str.strip()
+    if df['character'].isna().any() or (names == '').any():
+        row = int(np.flatnonzero(df['character'].isna().to_numpy() | (names == '').to_numpy())[0])
+        raise InputError(f"{path}, line {lines[row + 1] + 1}: the character (class name) is empty.")
+    classes = sorted(names.unique(), key=natural_key)
+    labels = names.map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64, copy=True)
+    x = torch.from_numpy(pixels.astype(np.uint8).reshape(-1, 1, side, side))
+    return resize(x, A, B, path, log), torch.from_numpy(labels), None, None, classes
+
+
+def decode_image(path):
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert('L')), None
+    except Exception as e:  # PIL raises many types for broken files; each is reported by name
+        return None, f"{path.name}: {type(e).__name__}: {e}"
+
+
+def decode_class_folders(root, A, B, log, classes=None):
+    """Images under root/<class>/; unreadable files are skipped, counted and reported."""
+    classes = classes or sorted((d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith('.')),
+                                key=natural_key)
+    files, labels = [], []
+    for i, name in enumerate(classes):
+        found = sorted(f for f in (root / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) \
+            if (root / name).is_dir() else []
+        files += found
+        labels += [i] * len(found)
+    with ThreadPoolExecutor() as pool:
+        decoded = list(pool.map(decode_image, files, chunksize=256))
+    errors = [err for _, err in decoded if err]
+    if errors:
+        log(f"{root}: skipped {len(errors)} unreadable image(s) of {len(files)}, e.g. {errors[0]}")
+    keep = [i for i, (img, _) in enumerate(decoded) if img is not None]
+    if not keep:
+        raise InputError(f"{root}: no readable images in its class folders ({', '.join(classes[:5])}...).")
+    images = [decoded[i][0] for i in keep]
+    other = sorted({img.shape[::-1] for img in images} - {(A, B)})
+    if other:
+        log(f"{root}: images of size {', '.join(f'{w}x{h}' for w, h in other)} resized to {A}x{B}.")
+    x = np.stack([img if img.shape == (B, A) else np.asarray(Image.fromarray(img).resize((A, B), Image.BILINEAR))
+                  for img in images])
+    return torch.from_numpy(x).unsqueeze(1), torch.tensor([labels[i] for i in keep]), classes
+
+
+def decode_uci(root, A, B, log):
+    dirs = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+    train_x, train_y, classes = decode_class_folders(dirs['train'], A, B, log)
+    test_x, test_y, _ = decode_class_folders(dirs['test'], A, B, log, classes)
+    return train_x, train_y, test_x, test_y, classes
+
+
+def decode_folder(root, A, B, log):
+    x, y, classes = decode_class_folders(root, A, B, log)
+    return x, y, None, None, classes
+
+
+def read_idx(path):
+    raw = read_bytes(path)
+    if len(raw) < 4 or raw[:2] != b'\0\0' or raw[2] != 8 or len(raw) < 4 + 4 * raw[3]:
+        raise InputError(f"{path}: not an idx file of unsigned bytes (the MNIST format).")
+    dims = np.frombuffer(raw, dtype='>u4', count=raw[3], offset=4)
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * raw[3])
+    if data.size != np.prod(dims):
+        raise InputError(f"{path}: holds {data.size} bytes where its header promises {np.prod(dims)}; "
+                         f"the file is truncated, download it again.")
+    return torch.from_numpy(data.reshape(*dims).copy())
+
+
+def decode_mnist(path, A, B, log):
+    folder, gz = path.parent, '.gz' if path.suffix == '.gz' else ''
+    split = {}
+    for name, prefix in (('train', 'train'), ('test', 't10k')):
+        x = read_idx(folder / f'{prefix}-images-idx3-ubyte{gz}').unsqueeze(1)
+        y = read_idx(folder / f'{prefix}-labels-idx1-ubyte{gz}').long()
+        if x.dim() != 4 or y.dim() != 1 or len(x) != len(y):
+            raise InputError(f"{folder}: {prefix} images {tuple(x.shape)} and labels {tuple(y.shape)} do not "
+                             f"match; the MNIST files are damaged or mixed up.")
+        split[name] = resize(x, A, B, path, log if name == 'train' else None), y
+    return *split['train'], *split['test'], [f'digit_{d}' for d in range(10)]
+
+
+def read_amat(path):
+    raw = read_bytes(path)
+    digits, filled = count_per_line(raw, b'01')
+    lines = np.flatnonzero(filled)
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    is_digit = (buf == ord('0')) | (buf == ord('1'))
+    if not len(lines) or not np.isin(buf, list(b'01 \t\r\n')).all() or (is_digit[1:] & is_digit[:-1]).any():
+        raise InputError(f"{path}: expected rows of 784 space-separated 0/1 values (the .amat layout).")
+    bad = lines[digits[lines] != 784]
+    if len(bad):
+        raise InputError(f"{path}, line {bad[0] + 1}: {digits[bad[0]]} values where a 28x28 image has 784.")
+    x = buf[is_digit] - ord('0')
+    return torch.from_numpy(x.reshape(-1, 1, 28, 28) * 255)
+
+
+def decode_binarized_mnist(path, A, B, log):
+    suffix = '.amat.gz' if path.name.endswith('.gz') else '.amat'
+    part = {s: read_amat(path.parent / f'binarized_mnist_{s}{suffix}') for s in ('train', 'valid', 'test')}
+    train_x = resize(torch.cat((part['train'], part['valid'])), A, B, path, log)
+    test_x = resize(part['test'], A, B, path, None)
+    # The binarized set has no labels: one class holds every image.
+    return train_x, torch.zeros(len(train_x), dtype=torch.long), test_x, \
+        torch.zeros(len(test_x), dtype=torch.long), ['unlabelled']
+
+
+def decode_builtin(_, A, B, log):
+    (train_x, train_y), (test_x, test_y) = (devanagari.render_dataset(n, seed)
+                                            for seed, n in enumerate(BUILTIN_PER_CLASS))
+    return (resize(train_x, A, B, 'built-in set', log), train_y, resize(test_x, A, B, 'built-in set', None),
+            test_y, list(devanagari.CLASSES))
+
+
+DECODERS = {'csv': decode_csv, 'uci': decode_uci, 'folder': decode_folder, 'mnist': decode_mnist,
+            'binarized_mnist': decode_binarized_mnist, 'builtin': decode_builtin}
+
+
+def resize(x, A, B, where, log):
+    """(n, 1, h, w) uint8 -> (n, 1, B, A), with one line said when a resize happens."""
+    if x.shape[-2:] == (B, A):
+        return x
+    if log:
+        log(f"{where}: images are {x.shape[-1]}x{x.shape[-2]}, resized to {A}x{B} (set A and B to keep them).")
+    y = F.interpolate(x.float(), size=(B, A), mode='bilinear', antialias=True, align_corners=False)
+    return y.round().clamp(0, 255).to(torch.uint8)
+
+
+# -- cache --------------------------------------------------------------------------------------
+def fingerprint(kind, path, A, B):
+    """A key that changes when the source changes: its files' names, sizes and modification times
+    (for image folders, the folders': adding or removing a file changes its folder's time)."""
+    if kind == 'builtin':
+        files = []
+    elif kind in ('uci', 'folder'):
+        files = [path, *sorted(p for p in path.rglob('*') if p.is_dir())]
+    elif kind in ('mnist', 'binarized_mnist'):
+        files = sorted(p for p in path.parent.iterdir() if p.is_file())
+    else:
+        files = [path]
+    parts = [kind, str(CACHE_VERSION), str(BUILTIN_PER_CLASS), str(A), str(B)]
+    parts += [f'{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}' for f in files]
+    return hashlib.sha256('\n'.join(parts).encode()).hexdigest()[:20]
+
+
+def decode_cached(kind, path, A, B, cache_dir, log):
+    key = fingerprint(kind, path, A, B)
+    cache = Path(cache_dir) / f'{kind}-{key}.pt'
+    if cache.is_file():
+        try:
+            c = torch.load(cache, weights_only=True)
+            if c['key'] == key:
+                return c['train_x'], c['train_y'], c['test_x'], c['test_y'], c['classes']
+        except Exception as e:  # a damaged cache is never trusted: say so and decode again
+            log(f"{cache}: unreadable cache ({type(e).__name__}), decoding the source again.")
+    decoded = DECODERS[kind](path, A, B, log)
+    fields = ('train_x', 'train_y', 'test_x', 'test_y', 'classes')
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save(dict(zip(fields, decoded), key=key), cache)
+    except OSError as e:
+        log(f"could not write the cache {cache} ({e}); the data will be decoded again next time.")
+    return decoded
+
+
+# -- splitting and filtering --------------------------------------------------------------------
+def split(x, y, fraction, seed):
+    """A seeded random train/test split, for sources that have none."""
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(len(x)))
+    n_test = max(1, int(round(len(x) * fraction))) if len(x) > 1 else 0
+    test, train = order[:n_test], order[n_test:]
+    return x[train], y[train], x[test], y[test]
+
+
+def select_classes(spec, classes):
+    """Indices of the classes named by spec: 'all', 'digits', or comma-separated names."""
+    if spec == 'all':
+        return list(range(len(classes)))
+    if spec == 'digits':
+        chosen = [i for i, c in enumerate(classes) if canonical(c).startswith('digit')]
+        if not chosen:
+            raise InputError(f"classes='digits', but this dataset has no digit_* classes: {', '.join(classes)}.")
+        return chosen
+    lookup = {canonical(c): i for i, c in enumerate(classes)}
+    suffixes = {canonical(c).rsplit('_', 1)[-1]: i for i, c in enumerate(classes)}
+    chosen = []
+    for name in filter(None, (n.strip() for n in spec.split(','))):
+        i = lookup.get(canonical(name), suffixes.get(canonical(name)))
+        if i is None:
+            raise InputError(f"classes: unknown class {name!r}; valid names are 'all', 'digits' or: "
+                             f"{', '.join(classes)}.")
+        chosen.append(i)
+    if not chosen:
+        raise InputError("classes is empty; use 'all', 'digits' or a comma-separated list of class names.")
+    return sorted(set(chosen))
+
+
+def keep_classes(x, y, chosen, n_classes):
+    """The images of the chosen classes, relabelled 0..len(chosen)-1."""
+    remap = torch.full((n_classes,), -1, dtype=torch.long)
+    remap[chosen] = torch.arange(len(chosen))
+    mask = remap[y] >= 0
+    return x[mask], remap[y[mask]]
+
+
+def load_data(params, log=print):
+    """The Dataset named by params (dataset, data_path, classes, test_split, A, B, seed, cache_dir)."""
+    kind, where = find_source(params['dataset'], Path(params['data_path']))
+    if kind == 'builtin':
+        log(f"{where}: using the built-in Devanagari set, rendered from fonts (46 classes, "
+            f"{BUILTIN_PER_CLASS[0]} train and {BUILTIN_PER_CLASS[1]} test images each). To train on DHCD, "
+            f"put Kaggle's data.csv (or the UCI Train/ and Test/ folders) in {params['data_path']}/.")
+    train_x, train_y, test_x, test_y, classes = decode_cached(
+        kind, where, params['A'], params['B'], params['cache_dir'], log)
+    if test_x is None:
+        train_x, train_y, test_x, test_y = split(train_x, train_y, params['test_split'], params['seed'])
+    chosen = select_classes(params['classes'], classes)
+    train_x, train_y = keep_classes(train_x, train_y, chosen, len(classes))
+    test_x, test_y = keep_classes(test_x, test_y, chosen, len(classes))
+    name = 'built-in rendered Devanagari' if kind == 'builtin' else f'{kind} {where}'
+    log(f"Data: {name}: {len(train_x)} train / {len(test_x)} test images, {len(chosen)} classes, "
+        f"{params['A']}x{params['B']}.")
+    return Dataset(train_x, train_y, test_x, test_y, [classes[i] for i in chosen], name)
+
+
+def to_input(x, binarize, channel, generator=None):
+    """uint8 (n, 1, B, A) -> float (n, channel, B, A) in [0, 1], binarized as asked:
+    'none' keeps grey levels, 'threshold' cuts at 0.5, 'sample' draws x ~ Bernoulli(intensity)."""
+    x = x.float() / 255
+    if binarize == 'threshold':
+        x = (x >= 0.5).float()
+    elif binarize == 'sample':
+        x = torch.bernoulli(x, generator=generator)
+    return x.expand(-1, channel, -1, -1)

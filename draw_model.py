@@ -1,0 +1,153 @@
+"""DRAW: a recurrent variational auto-encoder that writes an image glimpse by glimpse.
+
+Gregor, Danihelka, Graves, Rezende, Wierstra (2015), "DRAW: A Recurrent Neural Network For Image
+Generation", arXiv:1502.04623. Equation numbers in the comments are the paper's.
+
+Images are (n, C, B, A) tensors: n images, C channels, height B, width A (the paper's names).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class DRAWModel(nn.Module):
+    def __init__(self, params):
+        super().__init__()
+        self.T = params['T']
+        self.A, self.B, self.C = params['A'], params['B'], params['channel']
+        self.z_size = params['z_size']
+        self.read_N, self.write_N = params['read_N'], params['write_N']
+        self.read_attn, self.write_attn = params['read_attn'], params['write_attn']
+        # The 2019 implementation's layout (to load its checkpoints): one attention layer shared by
+        # read and write, and a filter grid indexed from 0 (shifted one stride toward the top-left).
+        self.original_layout = params['original_layout']
+        enc_size, dec_size = params['enc_size'], params['dec_size']
+        read_size = self.C * (self.read_N ** 2 if self.read_attn else self.A * self.B)
+        write_size = self.C * (self.write_N ** 2 if self.write_attn else self.A * self.B)
+
+        self.encoder = nn.LSTMCell(2 * read_size + dec_size, enc_size)  # Eq. 5
+        self.fc_mu = nn.Linear(enc_size, self.z_size)  # Eq. 1
+        self.fc_sigma = nn.Linear(enc_size, self.z_size)  # Eq. 2 (gives log sigma)
+        self.decoder = nn.LSTMCell(self.z_size, dec_size)  # Eq. 7
+        self.fc_write = nn.Linear(dec_size, write_size)  # Eq. 28 (Eq. 18 without attention)
+        if self.original_layout:
+            self.fc_attention = nn.Linear(dec_size, 5)
+        else:  # Eq. 21, one linear map for read and one for write
+            self.fc_read_attention = nn.Linear(dec_size, 5) if self.read_attn else None
+            self.fc_write_attention = nn.Linear(dec_size, 5) if self.write_attn else None
+
+        # Constant grids (not saved: the state dict stays the original's). Paper: filter i = 1..N,
+        # pixel a = 1..A, so g~ = 0 is the image centre; the original indexes both from 0.
+        first = 0 if self.original_layout else 1
+        for name, N in (('read', self.read_N), ('write', self.write_N)):
+            self.register_buffer(f'{name}_offsets', torch.arange(first, first + N) - N / 2 - 0.5, persistent=False)
+        self.register_buffer('pixels_a', torch.arange(first, first + self.A, dtype=torch.float), persistent=False)
+        self.register_buffer('pixels_b', torch.arange(first, first + self.B, dtype=torch.float), persistent=False)
+
+    # -- attention --------------------------------------------------------------------------------
+    def filterbank(self, gx, gy, sigma2, delta, offsets):
+        """Fx: (n, N, A) and Fy: (n, N, B), each row a Gaussian normalised to sum to 1."""
+        mu_x = gx + offsets * delta  # Eq. 19: mu_x^i = g_x + (i - N/2 - 0.5) delta, (n, N)
+        mu_y = gy + offsets * delta  # Eq. 20
+        var = 2 * sigma2.unsqueeze(2)  # (n, 1, 1)
+        Fx = self.normalise(-(self.pixels_a - mu_x.unsqueeze(2)) ** 2 / var)  # Eq. 25, (n, N, A)
+        Fy = self.normalise(-(self.pixels_b - mu_y.unsqueeze(2)) ** 2 / var)  # Eq. 26, (n, N, B)
+        return Fx, Fy
+
+    def normalise(self, log_f):
+        """exp(log_f) / Z along the pixels. A softmax: rows sum to 1 even where every exp underflows
+        (a filter far off the image); the 2019 code divides by (sum + 1e-8), zero rows there."""
+        if self.original_layout:
+            f = torch.exp(log_f)
+            return f / (f.sum(2, keepdim=True) + 1e-8)
+        return torch.softmax(log_f, dim=2)
+
+    def attention(self, h_dec, fc, offsets):
+        """Filterbanks and intensity gamma from a decoder state."""
+        gx_, gy_, log_sigma2, log_delta_, log_gamma = fc(h_dec).split(1, dim=1)  # Eq. 21, each (n, 1)
+        gx = (self.A + 1) / 2 * (gx_ + 1)  # Eq. 22
+        gy = (self.B + 1) / 2 * (gy_ + 1)  # Eq. 23
+        N = offsets.numel()
+        delta = (max(self.A, self.B) - 1) / (N - 1) * torch.exp(log_delta_)  # Eq. 24
+        Fx, Fy = self.filterbank(gx, gy, torch.exp(log_sigma2), delta, offsets)
+        return Fx, Fy, torch.exp(log_gamma)
+
+    def read_window(self, h_dec_prev):
+        fc = self.fc_attention if self.original_layout else self.fc_read_attention
+        return self.attention(h_dec_prev, fc, self.read_offsets)
+
+    def write_window(self, h_dec):
+        fc = self.fc_attention if self.original_layout else self.fc_write_attention
+        return self.attention(h_dec, fc, self.write_offsets)
+
+    # -- read and write ---------------------------------------------------------------------------
+    def read(self, x, x_hat, h_dec_prev):
+        """r_t, (n, 2*C*N*N): the glimpses of x and of the error image x_hat."""
+        images = torch.cat((x, x_hat), dim=1)  # (n, 2C, B, A)
+        if not self.read_attn:
+            return images.flatten(1)  # Eq. 17: [x, x_hat]
+        Fx, Fy, gamma = self.read_window(h_dec_prev)
+        glimpse = Fy.unsqueeze(1) @ images @ Fx.transpose(1, 2).unsqueeze(1)  # Eq. 27, (n, 2C, N, N)
+        return gamma * glimpse.flatten(1)  # Eq. 27: gamma [Fy x Fx^T, Fy x_hat Fx^T]
+
+    def write(self, h_dec):
+        """The canvas update, (n, C, B, A)."""
+        w = self.fc_write(h_dec)  # Eq. 28 (Eq. 18 without attention)
+        if not self.write_attn:
+            return w.view(-1, self.C, self.B, self.A)
+        w = w.view(-1, self.C, self.write_N, self.write_N)  # (n, C, N, N)
+        Fx, Fy, gamma = self.write_window(h_dec)
+        patch = Fy.transpose(1, 2).unsqueeze(1) @ w @ Fx.unsqueeze(1)  # Eq. 29, (n, C, B, A)
+        return patch / gamma.view(-1, 1, 1, 1)  # Eq. 29: 1/gamma Fy^T w Fx
+
+    # -- the recurrence ---------------------------------------------------------------------------
+    def initial_state(self, n, device):
+        zeros = lambda size: torch.zeros(n, size, device=device)
+        canvas = torch.zeros(n, self.C, self.B, self.A, device=device)
+        return canvas, (zeros(self.encoder.hidden_size),) * 2, (zeros(self.decoder.hidden_size),) * 2
+
+    def forward(self, x, T=None):
+        """Encode and redraw x (n, C, B, A) in [0, 1].
+
+        Returns the canvas logits after every glimpse (T, n, C, B, A) and the posterior means
+        and log standard deviations of every glimpse, (T, n, z_size) each.
+        """
+        c, enc_state, dec_state = self.initial_state(x.size(0), x.device)
+        canvases, mus, log_sigmas = [], [], []
+        for _ in range(T or self.T):
+            h_dec_prev = dec_state[0]
+            x_hat = x - torch.sigmoid(c)  # Eq. 3
+            r = self.read(x, x_hat, h_dec_prev)  # Eq. 4
+            enc_state = self.encoder(torch.cat((r, h_dec_prev), dim=1), enc_state)  # Eq. 5
+            mu, log_sigma = self.fc_mu(enc_state[0]), self.fc_sigma(enc_state[0])  # Eqs. 1-2
+            z = mu + torch.exp(log_sigma) * torch.randn_like(mu)  # Eq. 6: z_t ~ Q(Z_t | h_enc_t)
+            dec_state = self.decoder(z, dec_state)  # Eq. 7
+            c = c + self.write(dec_state[0])  # Eq. 8
+            canvases.append(c)
+            mus.append(mu)
+            log_sigmas.append(log_sigma)
+        return torch.stack(canvases), torch.stack(mus), torch.stack(log_sigmas)
+
+    def loss(self, x):
+        """Negative ELBO in nats per image (averaged over the batch), with its two terms.
+
+        Reconstruction: -log D(x | c_T), a Bernoulli with logits c_T summed over pixels (Eq. 9).
+        Latent: sum over glimpses of KL(N(mu, sigma) || N(0, 1)) (Eqs. 10-11).
+        """
+        canvases, mu, log_sigma = self(x)
+        recon = F.binary_cross_entropy_with_logits(canvases[-1], x, reduction='sum') / x.size(0)  # Eq. 9
+        kl = 0.5 * (mu ** 2 + torch.exp(2 * log_sigma) - 2 * log_sigma - 1).sum() / x.size(0)  # Eq. 11
+        return recon + kl, recon, kl  # Eq. 12
+
+    @torch.no_grad()
+    def generate(self, n, T=None, generator=None):
+        """Draw n images from the prior: every glimpse's canvas, (T, n, C, B, A) in [0, 1]."""
+        device = self.pixels_a.device
+        c, _, dec_state = self.initial_state(n, device)
+        canvases = []
+        for _ in range(T or self.T):
+            z = torch.randn(n, self.z_size, device=device, generator=generator)  # Eq. 13
+            dec_state = self.decoder(z, dec_state)  # Eq. 14
+            c = c + self.write(dec_state[0])  # Eq. 15
+            canvases.append(torch.sigmoid(c))  # Eq. 16: the mean of D(X | c_t)
+        return torch.stack(canvases)

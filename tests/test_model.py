@@ -1,0 +1,171 @@
+"""The model's math against slow or library references."""
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from draw_model import DRAWModel
+from train import params as DEFAULTS
+
+
+def make(**kw):
+    torch.manual_seed(0)
+    return DRAWModel({**DEFAULTS, 'T': 3, 'A': 12, 'B': 10, 'z_size': 5, 'read_N': 3, 'write_N': 4,
+                      'enc_size': 16, 'dec_size': 16, **kw})
+
+
+def window(model, fc, gx_=0.0, gy_=0.0, log_sigma2=0.0, log_delta_=0.0, log_gamma=0.0):
+    """Point an attention layer at fixed parameters, whatever the decoder state."""
+    with torch.no_grad():
+        fc.weight.zero_()
+        fc.bias.copy_(torch.tensor([gx_, gy_, log_sigma2, log_delta_, log_gamma]))
+
+
+def test_filterbank_matches_the_paper_written_out():
+    model = make()
+    gx, gy, sigma2, delta = 6.3, 4.1, 1.7, 1.9
+    N = model.read_N
+    Fx, Fy = model.filterbank(torch.tensor([[gx]]), torch.tensor([[gy]]), torch.tensor([[sigma2]]),
+                              torch.tensor([[delta]]), model.read_offsets)
+    for F_, g, size in ((Fx, gx, model.A), (Fy, gy, model.B)):
+        for i in range(1, N + 1):  # Eqs. 19-20: filters i = 1..N, pixels a = 1..A
+            mu = g + (i - N / 2 - 0.5) * delta
+            row = [math.exp(-(a - mu) ** 2 / (2 * sigma2)) for a in range(1, size + 1)]
+            expected = torch.tensor(row) / sum(row)  # Eqs. 25-26
+            torch.testing.assert_close(F_[0, i - 1], expected, atol=1e-6, rtol=1e-5)
+
+
+def test_filter_rows_sum_to_one():
+    model = make()
+    Fx, Fy, _ = model.read_window(torch.randn(7, 16) * 3)
+    torch.testing.assert_close(Fx.sum(2), torch.ones(7, model.read_N))
+    torch.testing.assert_close(Fy.sum(2), torch.ones(7, model.read_N))
+
+
+@pytest.mark.parametrize('N', [3, 4])
+def test_grid_is_centred(N):
+    """g~ = 0 puts the grid's centre on the image's centre: a mirrored image gives a mirrored glimpse."""
+    model = make(A=11, B=11, read_N=N)
+    window(model, model.fc_read_attention, log_delta_=-0.3)
+    x = torch.rand(1, 1, 11, 11)
+    x_mirror = x.flip(2, 3)
+    h = torch.zeros(1, 16)
+    glimpse = model.read(x, x, h)[:, :N * N].view(N, N)
+    glimpse_mirror = model.read(x_mirror, x_mirror, h)[:, :N * N].view(N, N)
+    torch.testing.assert_close(glimpse_mirror, glimpse.flip(0, 1))
+
+
+def test_original_layout_grid_is_shifted_one_stride():
+    """The 2019 code's 0-based grid (kept only to load its checkpoints) sits one stride up-left."""
+    paper, original = make(), make(original_layout=True)
+    torch.testing.assert_close(original.read_offsets, paper.read_offsets - 1)
+
+
+def test_read_then_write_with_N_equal_A_and_tiny_sigma_returns_the_image():
+    model = make(A=8, B=8, read_N=8, write_N=8)
+    x = torch.rand(1, 1, 8, 8)
+    for fc in (model.fc_read_attention, model.fc_write_attention):  # delta = 1, g = centre, gamma = 1
+        window(model, fc, log_sigma2=math.log(0.01))
+    h = torch.zeros(1, 16)
+    glimpse = model.read(x, torch.zeros_like(x), h)[:, :64]
+    torch.testing.assert_close(glimpse, x.flatten(1), atol=1e-5, rtol=0)
+    with torch.no_grad():
+        model.fc_write.weight.zero_()
+        model.fc_write.bias.copy_(glimpse[0])
+    torch.testing.assert_close(model.write(h), x, atol=1e-5, rtol=0)
+
+
+def test_gamma_scales_read_and_divides_write():
+    model = make()
+    x, h = torch.rand(2, 1, 10, 12), torch.randn(2, 16)
+    for fc, log_gamma in ((model.fc_read_attention, 0.0), (model.fc_write_attention, 0.0)):
+        window(model, fc, log_gamma=log_gamma)
+    r1, w1 = model.read(x, x, h), model.write(h)
+    for fc in (model.fc_read_attention, model.fc_write_attention):
+        window(model, fc, log_gamma=math.log(2.0))
+    torch.testing.assert_close(model.read(x, x, h), 2 * r1)
+    torch.testing.assert_close(model.write(h), w1 / 2)
+
+
+def test_loss_is_bernoulli_likelihood_plus_exact_kl():
+    model = make()
+    x = torch.rand(4, 1, 10, 12)
+    torch.manual_seed(1)
+    canvases, mu, log_sigma = model(x)
+    torch.manual_seed(1)
+    loss, recon, kl = model.loss(x)
+    p = torch.sigmoid(canvases[-1])
+    log_lik = (x * torch.log(p) + (1 - x) * torch.log(1 - p)).sum() / 4  # written out
+    expected_kl = kl_divergence(Normal(mu, log_sigma.exp()), Normal(0.0, 1.0)).sum() / 4
+    torch.testing.assert_close(recon, -log_lik, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(kl, expected_kl, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss, recon + kl)
+
+
+@pytest.mark.parametrize('kw', [{}, {'read_attn': False, 'write_attn': False}, {'channel': 3},
+                                {'read_attn': False}, {'original_layout': True, 'channel': 3}])
+def test_shapes_and_every_parameter_gets_a_gradient(kw):
+    model = make(**kw)
+    C = model.C
+    x = torch.rand(5, C, 10, 12)
+    canvases, mu, log_sigma = model(x)
+    assert canvases.shape == (3, 5, C, 10, 12) and mu.shape == log_sigma.shape == (3, 5, 5)
+    model.loss(x)[0].backward()
+    for name, w in model.named_parameters():
+        assert w.grad is not None and w.grad.abs().sum() > 0 and torch.isfinite(w.grad).all(), name
+    images = model.generate(6)
+    assert images.shape == (3, 6, C, 10, 12) and 0 <= images.min() and images.max() <= 1
+    assert model.generate(6, T=5).shape[0] == 5
+
+
+def test_nothing_per_batch_is_stored_on_the_module():
+    model = make()
+    before = set(vars(model))
+    model.loss(torch.rand(2, 1, 10, 12))
+    model.generate(3)
+    assert set(vars(model)) == before
+
+
+def original_generate(weights, p, noise):
+    """The 2019 implementation's generation, written from its documented equations: one shared
+    attention layer, filters and pixels indexed from 0, channels sharing the filters."""
+    A, B, N, C = p['A'], p['B'], p['write_N'], p['channel']
+    cell = torch.nn.LSTMCell(p['z_size'], p['dec_size'])
+    cell.load_state_dict({k[8:]: v for k, v in weights.items() if k.startswith('decoder.')})
+    h = cell_state = torch.zeros(noise.shape[1], p['dec_size'])
+    c = torch.zeros(noise.shape[1], C * B * A)
+    out = []
+    for z in noise:
+        h, cell_state = cell(z, (h, cell_state))
+        gx_, gy_, log_s2, log_d, log_g = (h @ weights['fc_attention.weight'].T + weights['fc_attention.bias']).T
+        gx, gy = (A + 1) / 2 * (gx_ + 1), (B + 1) / 2 * (gy_ + 1)
+        delta = (max(A, B) - 1) / (N - 1) * log_d.exp()
+        i = torch.arange(N)
+        mu_x = gx[:, None] + (i - N / 2 - 0.5) * delta[:, None]
+        mu_y = gy[:, None] + (i - N / 2 - 0.5) * delta[:, None]
+        s2 = log_s2.exp()[:, None, None]
+        Fx = torch.exp(-(torch.arange(A) - mu_x[..., None]) ** 2 / (2 * s2))
+        Fy = torch.exp(-(torch.arange(B) - mu_y[..., None]) ** 2 / (2 * s2))
+        Fx, Fy = Fx / (Fx.sum(2, keepdim=True) + 1e-8), Fy / (Fy.sum(2, keepdim=True) + 1e-8)
+        w = (h @ weights['fc_write.weight'].T + weights['fc_write.bias']).view(-1, C, N, N)
+        patch = torch.einsum('nja,ncji,nib->ncab', Fy, w, Fx)  # Fy^T w Fx per channel
+        c = c + (patch / log_g.exp()[:, None, None, None]).reshape(len(z), -1)
+        out.append(torch.sigmoid(c).view(-1, C, B, A))
+    return torch.stack(out)
+
+
+def test_original_layout_draws_what_the_original_code_draws():
+    p = {**DEFAULTS, 'T': 4, 'channel': 3, 'original_layout': True}
+    model = DRAWModel(p)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes['encoder.weight_ih'] == (1600, 616) and shapes['fc_write.weight'] == (108, 400)
+    assert shapes['fc_attention.weight'] == (5, 400) and len(shapes) == 16
+    with torch.no_grad():
+        for w in model.parameters():
+            w.normal_(0, 0.05)
+    drawn = model.generate(5, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)  # the original draws randn(n, z_size) at every glimpse
+    noise = torch.stack([torch.randn(5, 100, generator=g) for _ in range(4)])
+    torch.testing.assert_close(drawn, original_generate(model.state_dict(), p, noise), atol=1e-5, rtol=1e-4)
+

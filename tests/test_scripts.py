@@ -1,0 +1,145 @@
+"""train.py and generate.py end to end, as a user runs them, with tiny settings."""
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+import generate
+import train
+import utils
+from conftest import ROOT, csv_lines
+from draw_model import DRAWModel
+
+TINY = ['T=3', 'enc_size=16', 'dec_size=16', 'z_size=4', 'read_N=2', 'write_N=3', 'batch_size=16']
+
+
+def run(script, *args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def gif_frames(path):
+    return len(iio.imread(path, index=None, extension='.gif'))
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """A tiny train.py run on a tiny Kaggle CSV: its folder and output."""
+    work = tmp_path_factory.mktemp('run')
+    rng = np.random.default_rng(0)
+    images = np.zeros((40, 32, 32), dtype=np.uint8)
+    images[:, 8:24, 8:24] = rng.integers(0, 256, (40, 16, 16))
+    (work / 'data').mkdir()
+    (work / 'data' / 'data.csv').write_text('\n'.join(csv_lines(images, ['character_01_ka', 'digit_0'] * 20)))
+    out = run('train.py', 'epoch_num=2', 'save_epoch=1', *TINY, cwd=work)
+    assert out.returncode == 0, out.stderr
+    return work, out.stdout
+
+
+def test_train_writes_every_output(trained):
+    work, stdout = trained
+    assert 'test bound' in stdout and 'epoch 2/2' in stdout
+    for name in ('model_epoch_1', 'model_epoch_2', 'model_final'):
+        assert (work / 'checkpoint' / name).is_file()
+    assert iio.imread(work / 'images' / 'Training_Data.png').shape == (2 * 206, 2 * 206, 3)  # 34 images: 6x6 grid of 32 px + 2 px borders
+    assert iio.imread(work / 'images' / 'Loss_Curve.png').ndim == 3
+    for epoch in (1, 2):
+        assert gif_frames(work / 'images' / f'draw_epoch_{epoch}.gif') == 3  # one frame per glimpse
+
+
+def test_checkpoint_is_self_describing_and_safe(trained):
+    work, _ = trained
+    ckpt = torch.load(work / 'checkpoint' / 'model_final', weights_only=True)
+    assert ckpt['epoch'] == 2 and len(ckpt['test_bounds']) == 2 and len(ckpt['losses']) == 2 * 3  # 34 images, batch 16
+    assert ckpt['params']['T'] == 3 and ckpt['classes'] == ['character_01_ka', 'digit_0']
+    assert all(isinstance(v, (int, float, str, bool)) for v in ckpt['params'].values())
+    model = DRAWModel(ckpt['params'])
+    model.load_state_dict(ckpt['model'])
+
+
+def test_generate_draws_from_the_checkpoint(trained):
+    work, _ = trained
+    out = run('generate.py', '-load_path', 'checkpoint/model_final', '-num_output', '5', '-seed', '1',
+              '-out_dir', 'gen', cwd=work)
+    assert out.returncode == 0, out.stderr
+    assert iio.imread(work / 'gen' / 'Generated_Image.png').shape == (2 * 70, 2 * 104, 3)  # 3 columns, 2 rows
+    assert gif_frames(work / 'gen' / 'draw_generate.gif') == 3
+    generate.main(['-load_path', str(work / 'checkpoint' / 'model_final'), '-t', '7', '-num_output', '1',
+                   '-out_dir', str(work / 'gen7'), '-seed', '1'])
+    assert gif_frames(work / 'gen7' / 'draw_generate.gif') == 7
+
+
+def test_generate_is_repeatable_with_a_seed(trained, tmp_path):
+    work, _ = trained
+    for name in ('a', 'b'):
+        generate.main(['-load_path', str(work / 'checkpoint' / 'model_final'), '-seed', '5',
+                       '-out_dir', str(tmp_path / name)])
+    assert (tmp_path / 'a' / 'Generated_Image.png').read_bytes() == (tmp_path / 'b' / 'Generated_Image.png').read_bytes()
+
+
+def test_training_is_reproducible(trained, tmp_path):
+    work, _ = trained
+    (tmp_path / 'data').symlink_to(work / 'data')
+    train.main(['epoch_num=2', 'save_epoch=1', *TINY, f'data_path={work / "data"}',
+                f'checkpoint_dir={tmp_path / "ck"}', f'image_dir={tmp_path / "im"}', f'cache_dir={tmp_path / "c"}'])
+    a = torch.load(work / 'checkpoint' / 'model_final', weights_only=True)['model']
+    b = torch.load(tmp_path / 'ck' / 'model_final', weights_only=True)['model']
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_builtin_default_is_announced_and_trains(tmp_path):
+    out = run('train.py', 'epoch_num=1', 'T=2', 'enc_size=8', 'dec_size=8', 'z_size=2', 'read_N=2', 'write_N=2',
+              'batch_size=256', cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert 'data/ does not exist: using the built-in Devanagari set' in out.stdout
+    assert "put Kaggle's data.csv" in out.stdout
+    assert '46 classes' in out.stdout and (tmp_path / 'checkpoint' / 'model_final').is_file()
+
+
+def original_checkpoint(path):
+    """A file as the 2019 implementation wrote it: documented keys and shapes, a torch.device in
+    params, channel 3, the legacy (pre-zip) serialization."""
+    shapes = {'encoder.weight_ih': (1600, 616), 'encoder.weight_hh': (1600, 400), 'encoder.bias_ih': (1600,),
+              'encoder.bias_hh': (1600,), 'fc_mu.weight': (100, 400), 'fc_mu.bias': (100,),
+              'fc_sigma.weight': (100, 400), 'fc_sigma.bias': (100,), 'decoder.weight_ih': (1600, 100),
+              'decoder.weight_hh': (1600, 400), 'decoder.bias_ih': (1600,), 'decoder.bias_hh': (1600,),
+              'fc_write.weight': (108, 400), 'fc_write.bias': (108,), 'fc_attention.weight': (5, 400),
+              'fc_attention.bias': (5,)}
+    g = torch.Generator().manual_seed(0)
+    model = {k: 0.05 * torch.randn(s, generator=g) for k, s in shapes.items()}
+    params = {'T': 25, 'batch_size': 128, 'A': 32, 'B': 32, 'z_size': 100, 'read_N': 6, 'write_N': 6,
+              'dec_size': 400, 'enc_size': 400, 'epoch_num': 50, 'learning_rate': 1e-3, 'beta1': 0.5,
+              'clip': 5.0, 'save_epoch': 10, 'channel': 3, 'device': torch.device('cpu')}
+    optimizer = torch.optim.Adam([torch.zeros(1)]).state_dict()
+    torch.save({'model': model, 'optimizer': optimizer, 'params': params}, path,
+               _use_new_zipfile_serialization=False)
+    return model
+
+
+def test_original_checkpoint_loads_and_generates(tmp_path):
+    weights = original_checkpoint(tmp_path / 'model_epoch_50')
+    model, params, _ = utils.load_model(tmp_path / 'model_epoch_50', torch.device('cpu'))
+    assert params['original_layout'] and params['channel'] == 3 and 'device' not in params
+    assert all(torch.equal(model.state_dict()[k], w) for k, w in weights.items())
+    out = run('generate.py', '-load_path', str(tmp_path / 'model_epoch_50'), '-num_output', '4', '-t', '5',
+              '-out_dir', str(tmp_path / 'out'), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert iio.imread(tmp_path / 'out' / 'Generated_Image.png').shape == (2 * 70, 2 * 70, 3)
+    assert gif_frames(tmp_path / 'out' / 'draw_generate.gif') == 5
+
+
+def test_checkpoint_saved_on_a_gpu_loads_on_a_cpu(trained, tmp_path, monkeypatch):
+    """A GPU run's file records 'cuda:0' as every tensor's location; saving with that tag mimics one."""
+    work, _ = trained
+    ckpt = torch.load(work / 'checkpoint' / 'model_final', weights_only=True)
+    with monkeypatch.context() as m:
+        m.setattr(torch.serialization, 'location_tag', lambda storage: 'cuda:0')
+        torch.save(ckpt, tmp_path / 'from_gpu')
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match='CUDA'):
+            torch.load(tmp_path / 'from_gpu', weights_only=True)  # what a plain torch.load does here
+    model, _, _ = utils.load_model(tmp_path / 'from_gpu', torch.device('cpu'))
+    assert all(torch.equal(model.state_dict()[k], w) for k, w in ckpt['model'].items())

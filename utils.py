@@ -1,0 +1,226 @@
+"""Helpers shared by train.py and generate.py: errors, config, devices, checkpoints, images, plots."""
+import math
+import os
+import random
+import re
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import imageio.v3 as iio
+import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.utils import make_grid
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+
+MODEL_KEYS = ('T', 'A', 'B', 'channel', 'z_size', 'read_N', 'write_N', 'enc_size', 'dec_size',
+              'read_attn', 'write_attn', 'original_layout')
+
+
+class InputError(Exception):
+    """A problem with the user's input: its message says what and what to do, without a traceback."""
+
+
+def run(main):
+    """Run a script's main(), turning InputError into one clear line and exit status 2."""
+    try:
+        main()
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+# -- configuration ------------------------------------------------------------------------------
+def parse_value(key, text, default):
+    """text cast to the type of default, or an InputError naming the key."""
+    kind = type(default)
+    if kind is bool and text.lower() in ('1', 'true', 'yes', 'on', '0', 'false', 'no', 'off'):
+        return text.lower() in ('1', 'true', 'yes', 'on')
+    if kind is not bool:
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    raise InputError(f"{key}={text!r}: expected {kind.__name__} (default {default!r}).")
+
+
+def check_params(params):
+    """Values out of range fail here, once, naming the key (types are checked by apply_overrides)."""
+    rules = {key: (lambda v: v >= 1, 'at least 1') for key in
+             ('T', 'batch_size', 'A', 'B', 'z_size', 'enc_size', 'dec_size', 'epoch_num', 'save_epoch')}
+    rules.update({
+        'read_N': (lambda v: v >= 2 or not params['read_attn'], 'at least 2 with read attention'),
+        'write_N': (lambda v: v >= 2 or not params['write_attn'], 'at least 2 with write attention'),
+        'channel': (lambda v: v in (1, 3), '1 (grayscale) or 3 (RGB)'),
+        'learning_rate': (lambda v: 0 < v < math.inf, 'a positive number'),
+        'beta1': (lambda v: 0 <= v < 1, 'in [0, 1)'),
+        'clip': (lambda v: 0 < v <= math.inf, 'positive (inf turns clipping off)'),
+        'test_split': (lambda v: 0 < v < 1, 'a fraction between 0 and 1'),
+        'binarize': (lambda v: v in ('none', 'threshold', 'sample'), "'none', 'threshold' or 'sample'"),
+    })
+    for key, (ok, what) in rules.items():
+        if key in params and not ok(params[key]):
+            raise InputError(f"{key}={params[key]!r}: must be {what}.")
+
+
+def apply_overrides(params, args):
+    """A copy of params with key=value overrides from the command line, type-checked."""
+    params = dict(params)
+    for arg in args:
+        key, sep, text = arg.partition('=')
+        if not sep:
+            raise InputError(f"{arg!r}: overrides are key=value, e.g. epoch_num=1 batch_size=32.")
+        if key not in params:
+            raise InputError(f"unknown key {key!r}; valid keys: {', '.join(params)}.")
+        params[key] = parse_value(key, text, params[key])
+    return params
+
+
+def pick_device(name):
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if name.startswith('cuda') and not torch.cuda.is_available():
+        raise InputError(f"device={name!r}, but no CUDA device is available; use device=cpu or auto.")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise InputError(f"device={name!r} is not a device; use auto, cpu or cuda.") from None
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+# -- files, written atomically: a crash mid-write leaves any previous file whole ---------------
+@contextmanager
+def atomic_path(path):
+    """Yields a temporary name beside path; renames it onto path only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix=path.suffix)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_save(obj, path):
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def save_checkpoint(path, model, optimizer, params, **extra):
+    """A self-describing checkpoint: weights, optimizer state, params (plain values) and extras."""
+    atomic_save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'params': params, **extra},
+                path)
+
+
+def read_checkpoint(path):
+    """The checkpoint dict at path, loaded without executing code (weights_only), or an InputError."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; give the checkpoint file, e.g. checkpoint/model_final.")
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint file.")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path} is empty; it is not a checkpoint.")
+    try:
+        # torch.device is the one non-tensor object the 2019 implementation's checkpoints hold.
+        with torch.serialization.safe_globals([torch.device]):
+            ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        found = re.search(r'GLOBAL ([\w.]+)', str(e))
+        if found:
+            raise InputError(f"{path}: refused, it asks for {found.group(1)}, which is not a tensor or a plain "
+                             f"value (loading it could run code). Only load checkpoints you trust.") from None
+        raise InputError(f"{path}: not a readable checkpoint, it is truncated or another kind of file "
+                         f"({type(e).__name__}).") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model'), dict) \
+            or not isinstance(ckpt.get('params'), dict):
+        raise InputError(f"{path}: not a DRAW checkpoint (expected a dict with 'model' and 'params').")
+    return ckpt
+
+
+def model_params(path, ckpt):
+    """The params that rebuild the checkpoint's model; the 2019 layout is recognised by its
+    single shared attention layer."""
+    params, weights = dict(ckpt['params']), ckpt['model']
+    params.pop('device', None)  # the 2019 files hold a torch.device: never reused
+    if 'fc_attention.weight' in weights:
+        write_N = params.get('write_N')
+        params.update(read_attn=True, write_attn=True, original_layout=True,
+                      channel=weights['fc_write.weight'].shape[0] // write_N ** 2 if write_N else None)
+    missing = [k for k in MODEL_KEYS if params.get(k) is None]
+    if missing:
+        raise InputError(f"{path}: its params lack {', '.join(missing)}; it was not written by train.py.")
+    return params
+
+
+def load_model(path, device):
+    """(model on device in eval mode, params, checkpoint) from a checkpoint file."""
+    from draw_model import DRAWModel
+    ckpt = read_checkpoint(path)
+    params = model_params(path, ckpt)
+    model = DRAWModel(params)
+    try:
+        model.load_state_dict(ckpt['model'])
+    except RuntimeError as e:
+        first = str(e).split('\n')[1].strip() if '\n' in str(e) else str(e)
+        raise InputError(f"{path}: its weights do not fit its params ({first}).") from None
+    return model.to(device).eval(), params, ckpt
+
+
+# -- images and plots ---------------------------------------------------------------------------
+def grid(images, scale=2):
+    """(n, C, H, W) in [0, 1] -> a near-square grid as a uint8 (H', W', 3) array, upscaled."""
+    nrow = math.ceil(math.sqrt(len(images)))
+    g = make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, pad_value=0.5)  # (3, H', W')
+    g = F.interpolate(g.unsqueeze(0), scale_factor=scale, mode='nearest')[0]
+    return (g.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def save_grid(images, path):
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, grid(images), extension='.png')
+
+
+def save_gif(canvases, path, frame_ms=100, hold_ms=2000):
+    """canvases (T, n, C, H, W) in [0, 1] -> an animated GIF, one frame per glimpse, the last held.
+    A bar under each frame shows the glimpse count (and keeps frames distinct, so none is merged)."""
+    frames = []
+    for t, images in enumerate(canvases):
+        g = grid(images)
+        bar = np.zeros((6, g.shape[1], 3), dtype=np.uint8)
+        bar[2:5, :math.ceil(g.shape[1] * (t + 1) / len(canvases))] = 255
+        frames.append(np.concatenate((g, bar)))
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, np.stack(frames), extension='.gif', loop=0,
+                    duration=[frame_ms] * (len(frames) - 1) + [hold_ms])
+
+
+def plot_losses(path, train_losses, steps_per_epoch, test_bounds):
+    """Train loss per iteration and test bound per epoch, both in nats per image."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(np.arange(1, len(train_losses) + 1), train_losses, lw=0.6, alpha=0.8, label='train loss (minibatch)')
+    epochs_x = steps_per_epoch * np.arange(1, len(test_bounds) + 1)
+    ax.plot(epochs_x, test_bounds, 'o-', color='C3', label='test bound (-ELBO), per epoch')
+    low, high = np.percentile(np.concatenate((train_losses, test_bounds)), [0, 98])
+    ax.set_ylim(low - 0.05 * (high - low), high + 0.1 * (high - low))
+    ax.set_xlabel('iteration')
+    ax.set_ylabel('nats per image')
+    ax.set_title('DRAW training: negative ELBO')
+    ax.legend()
+    ax.grid(alpha=0.3)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches='tight', format='png')
+    plt.close(fig)
