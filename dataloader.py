@@ -153,7 +153,7 @@ def decode_csv(path, A, B, log):
                          f"{commas[lines[0]] + 1}; each row needs one value per pixel, then the class name.")
     text = b'\n'.join(line for line in raw.split(b'\n') if line.strip())
     try:
-        df = pd.read_csv(io.BytesIO(text), low_memory=False)
+        df = pd.read_csv(io.BytesIO(text), low_memory=False, dtype={'character': str}, keep_default_na=False)
     except (pd.errors.ParserError, ValueError) as e:
         raise InputError(f"{path}: not a readable CSV ({e}).") from None
     pixel_cols = [c for c in df.columns if str(c).startswith('pixel')]
@@ -169,9 +169,9 @@ def decode_csv(path, A, B, log):
         row, col = np.argwhere(bad)[0]
         raise InputError(f"{path}, line {lines[row + 1] + 1}, {pixel_cols[col]}: "
                          f"{df[pixel_cols[col]].iat[row]!r} is not a pixel value (an integer 0-255).")
-    names = df['character'].astype(str).str.strip()
-    if df['character'].isna().any() or (names == '').any():
-        row = int(np.flatnonzero(df['character'].isna().to_numpy() | (names == '').to_numpy())[0])
+    names = df['character'].str.strip()
+    if (names == '').any():
+        row = int(np.flatnonzero((names == '').to_numpy())[0])
         raise InputError(f"{path}, line {lines[row + 1] + 1}: the character (class name) is empty.")
     classes = sorted(names.unique(), key=natural_key)
     labels = names.map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64, copy=True)
@@ -314,20 +314,34 @@ def fingerprint(kind, path, A, B):
     return hashlib.sha256('\n'.join(parts).encode()).hexdigest()[:20]
 
 
+def cached_fields(c, key):
+    """The cached decode if it is whole and matches key, else None."""
+    x, y, tx, ty, classes = (c.get(f) for f in ('train_x', 'train_y', 'test_x', 'test_y', 'classes'))
+    whole = isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.dim() == 4 \
+        and isinstance(y, torch.Tensor) and len(y) == len(x) and isinstance(classes, list) \
+        and (tx is None or (tx.dtype == torch.uint8 and len(tx) == len(ty)))
+    return (x, y, tx, ty, classes) if whole and c.get('key') == key else None
+
+
 def decode_cached(kind, path, A, B, cache_dir, log):
+    """Decode the source, or read the cache of an earlier decode if the source has not changed.
+    One cache file per source and size; a stale, damaged or partial one is decoded again."""
     key = fingerprint(kind, path, A, B)
-    cache = Path(cache_dir) / f'{kind}-{key}.pt'
+    name = hashlib.sha256(f'{kind}:{path and Path(path).resolve()}:{A}x{B}'.encode()).hexdigest()[:16]
+    cache = Path(cache_dir) / f'{kind}-{name}.pt'
     if cache.is_file():
         try:
-            c = torch.load(cache, weights_only=True)
-            if c['key'] == key:
-                return c['train_x'], c['train_y'], c['test_x'], c['test_y'], c['classes']
-        except Exception as e:  # a damaged cache is never trusted: say so and decode again
-            log(f"{cache}: unreadable cache ({type(e).__name__}), decoding the source again.")
+            fields = cached_fields(torch.load(cache, weights_only=True), key)
+        except Exception as e:  # anything unreadable is decoded again, never trusted
+            fields, reason = None, f'unreadable cache ({type(e).__name__})'
+        else:
+            reason = 'stale cache (the source changed)'
+        if fields is not None:
+            return fields
+        log(f"{cache}: {reason}, decoding the source again.")
     decoded = DECODERS[kind](path, A, B, log)
     fields = ('train_x', 'train_y', 'test_x', 'test_y', 'classes')
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_save(dict(zip(fields, decoded), key=key), cache)
     except OSError as e:
         log(f"could not write the cache {cache} ({e}); the data will be decoded again next time.")

@@ -1,6 +1,7 @@
 """Train DRAW. Hyperparameters are the params dict below; override any of them from the command
 line for scripted runs:  python train.py epoch_num=1 batch_size=32 dataset=csv
 """
+import signal
 import sys
 import time
 from pathlib import Path
@@ -14,11 +15,11 @@ from draw_model import DRAWModel
 
 params = {
     # data
-    'dataset': 'auto',  # auto | csv | uci | binarized_mnist | mnist | folder | builtin (dataloader.py); auto: first found
+    'dataset': 'auto',  # auto (the first found) | csv | uci | binarized_mnist | mnist | folder | builtin
     'data_path': 'data',  # folder searched for the dataset, or a .csv / .csv.gz file
     'classes': 'all',  # 'all', 'digits', or comma-separated class names, e.g. character_01_ka,kha
     'test_split': 0.15,  # held-out fraction where the source has no official test split (CSV, plain folders)
-    'binarize': 'none',  # none: grey levels as Bernoulli targets | threshold: at 0.5 | sample: x ~ Bernoulli, fresh each time
+    'binarize': 'none',  # none: grey levels as targets | threshold: at 0.5 | sample: x ~ Bernoulli, fresh each use
     'cache_dir': 'data/.cache',  # decoded datasets (uint8), so the next start skips decoding
     # model (the paper's names)
     'T': 25,  # glimpses: steps of the recurrence, canvas updates
@@ -41,6 +42,8 @@ params = {
     'clip': 5.0,  # gradient-norm clipping threshold
     'seed': 0,  # seeds the split, initialisation, noise and data order
     'device': 'auto',  # auto (CUDA when available) | cpu | cuda | cuda:1 ...
+    'nonfinite_limit': 10,  # non-finite losses or gradients in a row (each update skipped) before training stops
+    'resume': '',  # a checkpoint to continue from exactly (model_epoch_N, model_interrupted); '' starts afresh
     # output
     'save_epoch': 10,  # every this many epochs: a checkpoint and a generation GIF
     'checkpoint_dir': 'checkpoint',  # model_epoch_{N}, model_final
@@ -48,22 +51,36 @@ params = {
 }
 
 
-def train_epoch(model, optimizer, train_x, p, bar):
-    """One pass over train_x (uint8, on the model's device) in random order; the loss of every step."""
-    losses = []
-    order = torch.randperm(len(train_x), device=train_x.device)
-    for i in range(0, len(train_x), p['batch_size']):
-        x = to_input(train_x[order[i:i + p['batch_size']]], p['binarize'], p['channel'])
+def train_steps(model, optimizer, train_x, p, state, bar, stop):
+    """The rest of the epoch: batches state['batch'] onward of state['order'], until the epoch ends or
+    a stop signal arrives. A step whose loss or gradient is not finite is skipped, not applied.
+    Returns this call's losses."""
+    losses, bs = [], p['batch_size']
+    while state['batch'] * bs < len(train_x) and not stop.received:
+        batch = state['order'][state['batch'] * bs:(state['batch'] + 1) * bs]
+        x = to_input(train_x[batch], p['binarize'], p['channel'])
         loss, _, _ = model.loss(x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), p['clip'])
-        optimizer.step()
-        losses.append(loss.detach())
-        bar.update(len(x))
-        if len(losses) % 20 == 0:  # reading the loss waits for the device: only now and then
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), p['clip'])
+        if torch.isfinite(loss + norm):
+            optimizer.step()
+            losses.append(loss.detach())
+            state['bad_in_a_row'] = 0
+        else:
+            state['skipped'] += 1
+            state['bad_in_a_row'] += 1
+            if state['bad_in_a_row'] >= p['nonfinite_limit']:
+                raise utils.Stopped(f"{state['bad_in_a_row']} steps in a row with a non-finite loss or gradient "
+                                    f"(epoch {state['epoch'] + 1}, step {state['batch'] + 1}), none applied. "
+                                    f"Checkpoints already written are intact; try a lower learning_rate or clip.")
+        state['batch'] += 1
+        bar.update(1)
+        if len(losses) % 20 == 1:
             bar.set_postfix(loss=f'{loss.item():.1f}')
-    return torch.stack(losses).cpu().tolist()
+    losses = torch.stack(losses).tolist() if losses else []
+    state['losses'] += losses
+    return losses
 
 
 @torch.no_grad()
@@ -89,44 +106,100 @@ def prepare_data(p, device):
     return data, data.train_x.to(device), test_x
 
 
-def main(argv=None):
-    p = utils.apply_overrides(params, sys.argv[1:] if argv is None else argv)
+def configure(argv):
+    """params with the command line's overrides; when resuming, the checkpoint's params under them."""
+    p = utils.apply_overrides(params, argv)
+    ckpt = None
+    if p['resume']:
+        ckpt = utils.read_checkpoint(p['resume'])
+        if 'rng' not in ckpt:
+            raise utils.InputError(f"{p['resume']}: holds no training state (not written by this train.py); "
+                                   f"generate.py can draw from it, but training cannot resume from it.")
+        saved = {k: v for k, v in ckpt['params'].items() if k in params}
+        p = utils.apply_overrides({**params, **saved, 'resume': p['resume']}, argv)
+        changed = [f"{k}={p[k]!r} (checkpoint: {saved.get(k)!r})" for k in utils.MODEL_KEYS if p[k] != saved.get(k)]
+        if changed:
+            raise utils.InputError(f"{p['resume']}: a resumed run keeps the model it saved; remove "
+                                   f"{', '.join(changed)}.")
     utils.check_params(p)
+    return p, ckpt
+
+
+def fresh_state():
+    return {'epoch': 0, 'batch': 0, 'order': None, 'losses': [], 'test_bounds': [], 'skipped': 0, 'bad_in_a_row': 0}
+
+
+def restore(model, optimizer, ckpt, train_x):
+    """The training state saved in ckpt, loaded into model, optimizer and every random generator."""
+    try:
+        model.load_state_dict(ckpt['model'])
+        optimizer.load_state_dict(ckpt['optimizer'])
+        utils.set_rng_state(ckpt['rng'])
+        state = {k: ckpt[k] for k in fresh_state()}
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise utils.InputError(f"resume: the checkpoint's training state is damaged or does not fit its params "
+                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}).") from None
+    if state['order'] is not None:
+        if len(state['order']) != len(train_x):
+            raise utils.InputError(f"resume: the interrupted epoch ran over {len(state['order'])} images, the data "
+                                   f"now has {len(train_x)}; resume with the data it was trained on.")
+        state['order'] = state['order'].to(train_x.device)
+    return state
+
+
+def run_epochs(model, optimizer, train_x, test_x, p, state, save):
+    """Epochs state['epoch'] + 1 .. epoch_num; on SIGINT / SIGTERM, saves model_interrupted and stops."""
+    image_dir, steps = Path(p['image_dir']), -(-len(train_x) // p['batch_size'])
+    with utils.StopSignals() as stop:
+        for epoch in range(state['epoch'] + 1, p['epoch_num'] + 1):
+            if state['order'] is None:
+                state['order'] = torch.randperm(len(train_x), device=train_x.device)
+            start, first = time.perf_counter(), state['batch']
+            with tqdm(total=steps, initial=state['batch'], unit='batch', desc=f"epoch {epoch}/{p['epoch_num']}",
+                      leave=False, disable=None) as bar:
+                model.train()
+                losses = train_steps(model, optimizer, train_x, p, state, bar, stop)
+            if stop.received:
+                path = save('model_interrupted')
+                raise utils.Stopped(f"{signal.Signals(stop.received).name} at epoch {epoch}, step {state['batch']}: "
+                                    f"saved {path}. Resume with: python train.py resume={path}",
+                                    128 + stop.received)
+            state.update(epoch=epoch, batch=0, order=None)
+            model.eval()
+            state['test_bounds'].append(test_bound(model, test_x, p['batch_size']))
+            seconds = time.perf_counter() - start
+            skipped = f"  ({state['skipped']} non-finite steps skipped so far)" if state['skipped'] else ''
+            print(f"epoch {epoch}/{p['epoch_num']}  train loss {sum(losses) / max(1, len(losses)):.2f}  "
+                  f"test bound {state['test_bounds'][-1]:.2f} nats  {seconds:.1f} s "
+                  f"({(len(train_x) - min(len(train_x), first * p['batch_size'])) / seconds:.0f} img/s){skipped}")
+            utils.plot_losses(image_dir / 'Loss_Curve.png', state['losses'], steps, state['test_bounds'])
+            if epoch % p['save_epoch'] == 0:
+                save(f'model_epoch_{epoch}')
+            if epoch % p['save_epoch'] == 0 or epoch == p['epoch_num']:
+                noise = torch.Generator(train_x.device).manual_seed(p['seed'])  # the same z each time
+                utils.save_gif(model.generate(64, generator=noise), image_dir / f'draw_epoch_{epoch}.gif')
+
+
+def main(argv=None):
+    p, ckpt = configure(sys.argv[1:] if argv is None else argv)
     device = utils.pick_device(p['device'])
     utils.seed_everything(p['seed'])
     data, train_x, test_x = prepare_data(p, device)
     model = DRAWModel(p).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=p['learning_rate'], betas=(p['beta1'], 0.999))
-    ckpt_dir, image_dir = Path(p['checkpoint_dir']), Path(p['image_dir'])
-    losses, bounds = [], []
+    state = restore(model, optimizer, ckpt, train_x) if ckpt else fresh_state()
 
-    def save(name, epoch):
-        utils.save_checkpoint(ckpt_dir / name, model, optimizer, p, epoch=epoch, losses=losses,
-                              test_bounds=bounds, classes=data.classes)
+    def save(name):
+        path = Path(p['checkpoint_dir']) / name
+        utils.save_checkpoint(path, model, optimizer, p, **state, classes=data.classes, rng=utils.rng_state())
+        return path
 
+    resumed = f", resuming after epoch {state['epoch']} step {state['batch']}" if ckpt else ''
     print(f"Training on {device}: {sum(w.numel() for w in model.parameters()):,} parameters, "
-          f"{p['epoch_num']} epochs of {len(train_x)} images, batch {p['batch_size']}.")
-    steps = -(-len(train_x) // p['batch_size'])
-    for epoch in range(1, p['epoch_num'] + 1):
-        start = time.perf_counter()
-        with tqdm(total=len(train_x), desc=f"epoch {epoch}/{p['epoch_num']}", unit='img', leave=False,
-                  disable=None) as bar:
-            model.train()
-            losses += train_epoch(model, optimizer, train_x, p, bar)
-        model.eval()
-        bounds.append(test_bound(model, test_x, p['batch_size']))
-        seconds = time.perf_counter() - start
-        print(f"epoch {epoch}/{p['epoch_num']}  train loss {sum(losses[-steps:]) / steps:.2f}  "
-              f"test bound {bounds[-1]:.2f} nats  {seconds:.1f} s ({len(train_x) / seconds:.0f} img/s)")
-        utils.plot_losses(image_dir / 'Loss_Curve.png', losses, steps, bounds)
-        if epoch % p['save_epoch'] == 0:
-            save(f'model_epoch_{epoch}', epoch)
-        if epoch % p['save_epoch'] == 0 or epoch == p['epoch_num']:
-            noise = torch.Generator(device).manual_seed(p['seed'])  # the same z each time: comparable GIFs
-            utils.save_gif(model.generate(64, generator=noise), image_dir / f'draw_epoch_{epoch}.gif')
-    save('model_final', p['epoch_num'])
-    print(f"Saved {ckpt_dir / 'model_final'}. Draw with: "
-          f"python generate.py -load_path {ckpt_dir / 'model_final'} -num_output 64")
+          f"{p['epoch_num']} epochs of {len(train_x)} images, batch {p['batch_size']}{resumed}.")
+    run_epochs(model, optimizer, train_x, test_x, p, state, save)
+    path = save('model_final')
+    print(f"Saved {path}. Draw with: python generate.py -load_path {path} -num_output 64")
 
 
 if __name__ == '__main__':

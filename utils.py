@@ -3,6 +3,7 @@ import math
 import os
 import random
 import re
+import signal
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -26,13 +27,43 @@ class InputError(Exception):
     """A problem with the user's input: its message says what and what to do, without a traceback."""
 
 
+class Stopped(Exception):
+    """Training stopped early (a signal, or non-finite losses), its state saved; exit_code for the shell."""
+
+    def __init__(self, message, exit_code=1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def run(main):
-    """Run a script's main(), turning InputError into one clear line and exit status 2."""
+    """Run a script's main(), turning InputError (exit status 2) and Stopped into one clear line."""
     try:
         main()
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Stopped as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+
+
+class StopSignals:
+    """Within the block, SIGINT (Ctrl-C) and SIGTERM only set .received, so the loop can save its
+    state at the next step boundary; a second Ctrl-C stops at once."""
+
+    def __enter__(self):
+        self.received = None
+        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def handle(self, signum, frame):
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -82,20 +113,44 @@ def apply_overrides(params, args):
 
 
 def pick_device(name):
+    """'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N' or 'mps', checked against this machine."""
     if name == 'auto':
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    if name.startswith('cuda') and not torch.cuda.is_available():
-        raise InputError(f"device={name!r}, but no CUDA device is available; use device=cpu or auto.")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
-        raise InputError(f"device={name!r} is not a device; use auto, cpu or cuda.") from None
+        device = None
+    if device is None or device.type not in ('cpu', 'cuda', 'mps'):
+        raise InputError(f"device={name!r} is not a device to train on; use auto, cpu, cuda or cuda:N.")
+    if (device.type == 'cuda' and (device.index or 0) >= torch.cuda.device_count()) or \
+            (device.type == 'mps' and not torch.backends.mps.is_available()):
+        raise InputError(f"device={name!r} is not available here ({torch.cuda.device_count()} CUDA devices); "
+                         f"use device=auto or cpu.")
+    return device
 
 
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def rng_state():
+    """Every random generator's state, as tensors and plain values (loadable with weights_only)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {'torch': torch.get_rng_state(), 'cuda': torch.cuda.get_rng_state_all(),
+            'numpy': [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            'python': random.getstate()}
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state['torch'])
+    if state['cuda'] and len(state['cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state['cuda'])
+    name, keys, pos, has_gauss, gauss = state['numpy']
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state['python']
+    random.setstate((version, tuple(internal), gauss_next))
 
 
 # -- files, written atomically: a crash mid-write leaves any previous file whole ---------------
@@ -106,8 +161,11 @@ def atomic_path(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix=path.suffix)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -182,11 +240,13 @@ def load_model(path, device):
 
 # -- images and plots ---------------------------------------------------------------------------
 def grid(images, scale=2):
-    """(n, C, H, W) in [0, 1] -> a near-square grid as a uint8 (H', W', 3) array, upscaled."""
+    """(n, C, H, W) in [0, 1] -> a near-square grid, upscaled: uint8 (H', W') for grayscale,
+    (H', W', 3) for RGB (grayscale files are smaller and their GIFs need no dithering)."""
     nrow = math.ceil(math.sqrt(len(images)))
     g = make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, pad_value=0.5)  # (3, H', W')
     g = F.interpolate(g.unsqueeze(0), scale_factor=scale, mode='nearest')[0]
-    return (g.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    g = (g.clamp(0, 1) * 255).round().byte()
+    return g[0].numpy() if images.shape[1] == 1 else g.permute(1, 2, 0).numpy()
 
 
 def save_grid(images, path):
@@ -200,7 +260,7 @@ def save_gif(canvases, path, frame_ms=100, hold_ms=2000):
     frames = []
     for t, images in enumerate(canvases):
         g = grid(images)
-        bar = np.zeros((6, g.shape[1], 3), dtype=np.uint8)
+        bar = np.zeros((6, *g.shape[1:]), dtype=np.uint8)
         bar[2:5, :math.ceil(g.shape[1] * (t + 1) / len(canvases))] = 255
         frames.append(np.concatenate((g, bar)))
     with atomic_path(path) as tmp:
@@ -214,8 +274,11 @@ def plot_losses(path, train_losses, steps_per_epoch, test_bounds):
     ax.plot(np.arange(1, len(train_losses) + 1), train_losses, lw=0.6, alpha=0.8, label='train loss (minibatch)')
     epochs_x = steps_per_epoch * np.arange(1, len(test_bounds) + 1)
     ax.plot(epochs_x, test_bounds, 'o-', color='C3', label='test bound (-ELBO), per epoch')
-    low, high = np.percentile(np.concatenate((train_losses, test_bounds)), [0, 98])
-    ax.set_ylim(low - 0.05 * (high - low), high + 0.1 * (high - low))
+    values = np.concatenate((train_losses, test_bounds))
+    values = values[np.isfinite(values)]
+    if len(values) > 1:  # leave out the first steps' spike, so the curve's later part is readable
+        low, high = np.percentile(values, [0, 98])
+        ax.set_ylim(low - 0.05 * (high - low) - 1, high + 0.1 * (high - low) + 1)
     ax.set_xlabel('iteration')
     ax.set_ylabel('nats per image')
     ax.set_title('DRAW training: negative ELBO')

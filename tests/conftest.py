@@ -1,6 +1,8 @@
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,3 +27,30 @@ def csv_lines(imgs, names):
     rows = [','.join(str(img[k // side, k % side]) for k in range(side * side)) + f',{name}'
             for img, name in zip(imgs, names)]
     return [header, *rows]
+
+
+def write_tiny_csv(folder):
+    """folder/data/data.csv: 40 random 32x32 images of two classes, in Kaggle's layout."""
+    images = np.zeros((40, 32, 32), dtype=np.uint8)
+    images[:, 8:24, 8:24] = np.random.default_rng(0).integers(0, 256, (40, 16, 16))
+    (folder / 'data').mkdir()
+    (folder / 'data' / 'data.csv').write_text('\n'.join(csv_lines(images, ['character_01_ka', 'digit_0'] * 20)))
+    return folder
+
+
+TINY = ['T=3', 'enc_size=16', 'dec_size=16', 'z_size=4', 'read_N=2', 'write_N=3', 'batch_size=16']
+
+
+def run(script, *args, cwd):
+    """A project script run as a user runs it."""
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope='session')
+def trained(tmp_path_factory):
+    """A tiny train.py run (2 epochs, a checkpoint each) on a tiny Kaggle CSV: its folder and output."""
+    work = write_tiny_csv(tmp_path_factory.mktemp('run'))
+    out = run('train.py', 'epoch_num=2', 'save_epoch=1', *TINY, cwd=work)
+    assert out.returncode == 0, out.stderr
+    return work, out.stdout

@@ -6,7 +6,7 @@ import torch
 
 import generate
 import train
-from test_scripts import TINY, run, trained  # noqa: F401  (the trained fixture)
+from conftest import TINY, run
 from utils import InputError
 
 

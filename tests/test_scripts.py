@@ -1,42 +1,17 @@
 """train.py and generate.py end to end, as a user runs them, with tiny settings."""
-import subprocess
-import sys
-
 import imageio.v3 as iio
-import numpy as np
 import pytest
 import torch
 
 import generate
 import train
 import utils
-from conftest import ROOT, csv_lines
+from conftest import TINY, run
 from draw_model import DRAWModel
-
-TINY = ['T=3', 'enc_size=16', 'dec_size=16', 'z_size=4', 'read_N=2', 'write_N=3', 'batch_size=16']
-
-
-def run(script, *args, cwd):
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
 
 
 def gif_frames(path):
     return len(iio.imread(path, index=None, extension='.gif'))
-
-
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-    """A tiny train.py run on a tiny Kaggle CSV: its folder and output."""
-    work = tmp_path_factory.mktemp('run')
-    rng = np.random.default_rng(0)
-    images = np.zeros((40, 32, 32), dtype=np.uint8)
-    images[:, 8:24, 8:24] = rng.integers(0, 256, (40, 16, 16))
-    (work / 'data').mkdir()
-    (work / 'data' / 'data.csv').write_text('\n'.join(csv_lines(images, ['character_01_ka', 'digit_0'] * 20)))
-    out = run('train.py', 'epoch_num=2', 'save_epoch=1', *TINY, cwd=work)
-    assert out.returncode == 0, out.stderr
-    return work, out.stdout
 
 
 def test_train_writes_every_output(trained):
@@ -44,7 +19,7 @@ def test_train_writes_every_output(trained):
     assert 'test bound' in stdout and 'epoch 2/2' in stdout
     for name in ('model_epoch_1', 'model_epoch_2', 'model_final'):
         assert (work / 'checkpoint' / name).is_file()
-    assert iio.imread(work / 'images' / 'Training_Data.png').shape == (2 * 206, 2 * 206, 3)  # 34 images: 6x6 grid of 32 px + 2 px borders
+    assert iio.imread(work / 'images' / 'Training_Data.png').shape == (2 * 206, 2 * 206)  # 34 images: 6x6 grid of 32 px + 2 px borders
     assert iio.imread(work / 'images' / 'Loss_Curve.png').ndim == 3
     for epoch in (1, 2):
         assert gif_frames(work / 'images' / f'draw_epoch_{epoch}.gif') == 3  # one frame per glimpse
@@ -65,7 +40,7 @@ def test_generate_draws_from_the_checkpoint(trained):
     out = run('generate.py', '-load_path', 'checkpoint/model_final', '-num_output', '5', '-seed', '1',
               '-out_dir', 'gen', cwd=work)
     assert out.returncode == 0, out.stderr
-    assert iio.imread(work / 'gen' / 'Generated_Image.png').shape == (2 * 70, 2 * 104, 3)  # 3 columns, 2 rows
+    assert iio.imread(work / 'gen' / 'Generated_Image.png').shape == (2 * 70, 2 * 104)  # 3 columns, 2 rows
     assert gif_frames(work / 'gen' / 'draw_generate.gif') == 3
     generate.main(['-load_path', str(work / 'checkpoint' / 'model_final'), '-t', '7', '-num_output', '1',
                    '-out_dir', str(work / 'gen7'), '-seed', '1'])

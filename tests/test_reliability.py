@@ -1,0 +1,175 @@
+"""Nothing lost: exact resume, safe interruption, non-finite guards, atomic writes, stale caches."""
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import dataloader
+import train
+import utils
+from conftest import ROOT, write_tiny_csv
+from draw_model import DRAWModel
+
+TINY = ['T=2', 'enc_size=12', 'dec_size=12', 'z_size=3', 'read_N=2', 'write_N=2', 'batch_size=8']
+
+
+@pytest.fixture
+def work(tmp_path):
+    return write_tiny_csv(tmp_path)
+
+
+def train_in(folder, *args, out='run'):
+    """train.main in folder with tiny settings, outputs under folder/out."""
+    train.main([*TINY, f'data_path={folder / "data"}', f'cache_dir={folder / "cache"}',
+                f'checkpoint_dir={folder / out / "checkpoint"}', f'image_dir={folder / out / "images"}', *args])
+    return folder / out / 'checkpoint'
+
+
+def load(path):
+    return torch.load(path, weights_only=True)
+
+
+def assert_same_training(a, b):
+    for key in a['model']:
+        assert torch.equal(a['model'][key], b['model'][key]), key
+    assert a['losses'] == b['losses'] and a['test_bounds'] == b['test_bounds']
+    for sa, sb in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_resume_equals_an_uninterrupted_run(work):
+    straight = train_in(work, 'epoch_num=3', out='straight')
+    first = train_in(work, 'epoch_num=1', out='resumed')
+    train_in(work, 'epoch_num=3', f'resume={first / "model_final"}', out='resumed')
+    assert_same_training(load(straight / 'model_final'), load(first / 'model_final'))
+
+
+def test_resume_keeps_the_model_and_refuses_foreign_checkpoints(work):
+    ckpt = train_in(work, 'epoch_num=1') / 'model_final'
+    with pytest.raises(utils.InputError, match=r"remove dec_size=16 \(checkpoint: 12\)"):
+        train_in(work, 'dec_size=16', f'resume={ckpt}')
+    with pytest.raises(utils.InputError, match=r"remove A=28 \(checkpoint: 32\)"):
+        train_in(work, 'A=28', f'resume={ckpt}')  # a dataset of another image size
+    saved = load(ckpt)
+    del saved['rng']
+    torch.save(saved, work / 'weights_only')
+    with pytest.raises(utils.InputError, match='holds no training state'):
+        train_in(work, f'resume={work / "weights_only"}')
+    with pytest.raises(utils.InputError, match='no such checkpoint'):
+        train_in(work, f'resume={work / "missing"}')
+
+
+def test_interrupt_mid_epoch_saves_and_resumes_exactly(work, monkeypatch):
+    straight = train_in(work, 'epoch_num=2', out='straight')
+    calls, loss = [0], DRAWModel.loss
+
+    def loss_then_ctrl_c(self, x):  # 5 steps and a test batch in epoch 1: call 9 is epoch 2's 3rd step
+        calls[0] += 1
+        if calls[0] == 9:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss(self, x)
+
+    with monkeypatch.context() as m:
+        m.setattr(DRAWModel, 'loss', loss_then_ctrl_c)
+        with pytest.raises(utils.Stopped, match='SIGINT at epoch 2, step 3') as stopped:
+            train_in(work, 'epoch_num=2', 'save_epoch=1', out='cut')
+    assert stopped.value.exit_code == 128 + signal.SIGINT
+    cut = work / 'cut' / 'checkpoint'
+    assert (load(cut / 'model_interrupted')['epoch'], load(cut / 'model_interrupted')['batch']) == (1, 3)
+    assert not (cut / 'model_final').exists()
+    train_in(work, 'epoch_num=2', f'resume={cut / "model_interrupted"}', out='cut')
+    assert_same_training(load(straight / 'model_final'), load(cut / 'model_final'))
+
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
+def test_signal_to_a_real_run_saves_its_state_and_keeps_old_checkpoints(work, sig):
+    args = [*TINY, 'epoch_num=100000', 'save_epoch=1', 'cache_dir=cache']
+    proc = subprocess.Popen([sys.executable, str(ROOT / 'train.py'), *args], cwd=work, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = work / 'checkpoint' / 'model_epoch_1'
+    deadline = time.time() + 120
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    before = digest(first)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err
+    assert 'Resume with: python train.py resume=checkpoint/model_interrupted' in err and 'Traceback' not in err
+    assert digest(first) == before  # the earlier checkpoint is untouched
+    state = load(work / 'checkpoint' / 'model_interrupted')
+    assert state['epoch'] >= 1 and DRAWModel(state['params']).load_state_dict(state['model'])
+    assert not [p for p in (work / 'checkpoint').iterdir() if p.name.startswith('.')]  # no temp files
+
+
+def nan_loss_after(monkeypatch, good_calls):
+    calls, loss = [0], DRAWModel.loss
+
+    def loss_or_nan(self, x):
+        calls[0] += 1
+        total, recon, kl = loss(self, x)
+        return (total * float('nan'), recon, kl) if calls[0] > good_calls else (total, recon, kl)
+
+    monkeypatch.setattr(DRAWModel, 'loss', loss_or_nan)
+
+
+def test_non_finite_steps_are_skipped_then_training_stops(work, monkeypatch):
+    good = train_in(work, 'epoch_num=2', 'save_epoch=1', out='good') / 'model_epoch_1'
+    before = digest(good)
+    (good.parent / 'model_final').unlink()
+    nan_loss_after(monkeypatch, good_calls=0)
+    with pytest.raises(utils.Stopped, match=r'3 steps in a row with a non-finite loss .*\(epoch 2, step 3\)'):
+        train_in(work, 'epoch_num=3', 'save_epoch=1', 'nonfinite_limit=3', f'resume={good}', out='good')
+    assert digest(good) == before and not (good.parent / 'model_final').exists()
+
+
+def test_a_skipped_step_leaves_the_weights_unchanged(work, monkeypatch):
+    nan_loss_after(monkeypatch, good_calls=0)
+    ckpt = load(train_in(work, 'epoch_num=1', 'nonfinite_limit=100') / 'model_final')
+    assert ckpt['skipped'] == 5 and ckpt['losses'] == []
+    utils.seed_everything(0)
+    initial = DRAWModel(ckpt['params']).state_dict()
+    assert all(torch.equal(initial[k], w) for k, w in ckpt['model'].items())
+
+
+@pytest.mark.parametrize('write', [
+    lambda path: utils.atomic_save({'x': torch.zeros(1000)}, path),
+    lambda path: utils.save_grid(torch.rand(4, 1, 8, 8), path),
+    lambda path: utils.save_gif(torch.rand(3, 4, 1, 8, 8), path),
+])
+def test_a_crash_mid_write_leaves_the_previous_file_whole(tmp_path, monkeypatch, write):
+    path = tmp_path / 'out.gif'
+    write(path)
+    before = digest(path)
+
+    def crash(*args, **kwargs):
+        with open(args[1] if isinstance(args[0], dict) else args[0], 'wb') as f:
+            f.write(b'partial')
+        raise OSError('disk full')
+
+    monkeypatch.setattr(torch, 'save', crash)
+    monkeypatch.setattr(utils.iio, 'imwrite', crash)
+    with pytest.raises(OSError, match='disk full'):
+        write(path)
+    assert digest(path) == before and os.listdir(tmp_path) == ['out.gif']
+
+
+def test_a_stale_cache_is_rebuilt(work):
+    p = {**train.params, 'data_path': str(work / 'data'), 'cache_dir': str(work / 'cache')}
+    first = dataloader.load_data(p, log=lambda m: None)
+    csv = work / 'data' / 'data.csv'
+    lines = csv.read_text().splitlines()
+    csv.write_text('\n'.join(lines + lines[1:3]))  # two more rows: the source changed
+    messages = []
+    second = dataloader.load_data(p, log=messages.append)
+    assert any('stale cache' in m for m in messages)
+    assert len(second.train_x) + len(second.test_x) == len(first.train_x) + len(first.test_x) + 2
+    assert len(list((work / 'cache').iterdir())) == 1  # replaced, not piled up
