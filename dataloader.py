@@ -101,7 +101,7 @@ def find_source(dataset, data_path):
     if dataset == 'builtin':
         return 'builtin', 'dataset=builtin'
     if data_path.is_file():
-        if dataset in ('auto', 'csv') and data_path.name.endswith(('.csv', '.csv.gz')):
+        if dataset in ('auto', 'csv') and data_path.name.lower().endswith(('.csv', '.csv.gz')):
             return 'csv', data_path
         raise InputError(f"data_path {data_path} is a file but not a .csv or .csv.gz; "
                          f"point data_path at a CSV or at the folder holding the data.")

@@ -5,6 +5,8 @@ Generation", arXiv:1502.04623. Equation numbers in the comments are the paper's.
 
 Images are (n, C, B, A) tensors: n images, C channels, height B, width A (the paper's names).
 """
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -33,8 +35,8 @@ class DRAWModel(nn.Module):
         if self.original_layout:
             self.fc_attention = nn.Linear(dec_size, 5)
         else:  # Eq. 21, one linear map for read and one for write
-            self.fc_read_attention = nn.Linear(dec_size, 5) if self.read_attn else None
-            self.fc_write_attention = nn.Linear(dec_size, 5) if self.write_attn else None
+            self.fc_read_attention = self.attention_layer(dec_size, self.read_N) if self.read_attn else None
+            self.fc_write_attention = self.attention_layer(dec_size, self.write_N) if self.write_attn else None
 
         # Constant grids (not saved: the state dict stays the original's). Paper: filter i = 1..N,
         # pixel a = 1..A, so g~ = 0 is the image centre; the original indexes both from 0.
@@ -45,6 +47,16 @@ class DRAWModel(nn.Module):
         self.register_buffer('pixels_b', torch.arange(first, first + self.B, dtype=torch.float), persistent=False)
 
     # -- attention --------------------------------------------------------------------------------
+    def attention_layer(self, dec_size, N):
+        """Eq. 21's linear map, initialised so the filters start as a smooth grid over the whole image
+        (sigma = delta / 2, neighbours overlapping) rather than N isolated 1-pixel-wide samples, which
+        miss thin strokes. The paper leaves initialisation open."""
+        fc = nn.Linear(dec_size, 5)
+        delta = (max(self.A, self.B) - 1) / (N - 1)  # Eq. 24 at log delta~ = 0: the grid spans the image
+        with torch.no_grad():
+            fc.bias[2] += 2 * math.log(delta / 2)  # log sigma^2
+        return fc
+
     def filterbank(self, gx, gy, sigma2, delta, offsets):
         """Fx: (n, N, A) and Fy: (n, N, B), each row a Gaussian normalised to sum to 1."""
         mu_x = gx + offsets * delta  # Eq. 19: mu_x^i = g_x + (i - N/2 - 0.5) delta, (n, N)

@@ -24,6 +24,8 @@ def parse_args(argv=None):
         parser.error(f'-num_output must be a positive number of images, not {args.num_output}')
     if args.t is not None and args.t <= 0:
         parser.error(f'-t must be a positive number of glimpses, not {args.t}')
+    if args.seed is not None and not 0 <= args.seed < 2 ** 63:
+        parser.error(f'-seed must be an integer from 0 to 2**63 - 1, not {args.seed}')
     return args
 
 

@@ -92,6 +92,7 @@ def check_params(params):
         'beta1': (lambda v: 0 <= v < 1, 'in [0, 1)'),
         'clip': (lambda v: 0 < v <= math.inf, 'positive (inf turns clipping off)'),
         'test_split': (lambda v: 0 < v < 1, 'a fraction between 0 and 1'),
+        'seed': (lambda v: 0 <= v < 2 ** 32, 'an integer from 0 to 2**32 - 1'),
         'binarize': (lambda v: v in ('none', 'threshold', 'sample'), "'none', 'threshold' or 'sample'"),
     })
     for key, (ok, what) in rules.items():
@@ -165,6 +166,8 @@ def atomic_path(path):
     os.umask(umask)
     try:
         yield tmp
+        with open(tmp, 'rb+') as f:
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
         os.replace(tmp, path)
     finally:

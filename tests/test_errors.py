@@ -52,6 +52,7 @@ def test_checkpoint_whose_weights_do_not_fit_its_params(trained, tmp_path):
     (['-num_output', 'many'], "invalid int value: 'many'"),
     (['-t', '0'], '-t must be a positive'),
     (['-t', '2.5'], "invalid int value: '2.5'"),
+    (['-seed', str(2 ** 64)], '-seed must be an integer from 0'),
 ])
 def test_generate_rejects_bad_flags(args, message, capsys):
     with pytest.raises(SystemExit) as exit_:

@@ -117,7 +117,7 @@ def checkpoint(tmp_path_factory):
 
 
 FLAGS = ['-load_path', '-num_output', '-t', '-seed', '-out_dir', '-device', '-h', '--', 'CKPT', 'x', '0', '-1',
-         '3', '50', 'abc', '', 'cpu', 'cuda', 'meta', '2.5', '-num_output=2']
+         '3', '50', 'abc', '', 'cpu', 'cuda', 'meta', '2.5', '-num_output=2', str(2 ** 70), '-5']
 
 
 @SETTINGS
@@ -140,7 +140,7 @@ def monkeypatch_module():
 
 
 VALUES = ['1', '0', '-3', '2.5', '1e-3', 'true', 'no', 'maybe', '', 'nan', 'inf', 'all', 'digits', 'ka', 'cpu',
-          'cuda:3', 'meta', 'auto', 'csv', 'none', 'sample', '1e309']
+          'cuda:3', 'meta', 'auto', 'csv', 'none', 'sample', '1e309', str(2 ** 40)]
 
 
 @SETTINGS
@@ -152,6 +152,7 @@ def test_train_overrides(overrides, raw):
     try:
         p, _ = train.configure(argv)
         device = utils.pick_device(p['device'])
+        utils.seed_everything(p['seed'])
     except utils.InputError as e:
         assert str(e)
         return

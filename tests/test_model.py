@@ -56,6 +56,16 @@ def test_grid_is_centred(N):
     torch.testing.assert_close(glimpse_mirror, glimpse.flip(0, 1))
 
 
+def test_fresh_filters_cover_the_whole_image():
+    """Initialised as a smooth grid (sigma = delta / 2): no pixel between two filters goes unseen,
+    so thin strokes reach the encoder from the first step."""
+    model = make(A=32, B=32, read_N=6, write_N=6)
+    for window_of in (model.read_window, model.write_window):
+        Fx, Fy, _ = window_of(torch.zeros(1, 16))
+        coverage = Fx[0].sum(0)  # weight each pixel column gets from the N filters
+        assert coverage[4:-4].min() > 0.1, coverage  # old init: ~0.01 midway between filters
+
+
 def test_original_layout_grid_is_shifted_one_stride():
     """The 2019 code's 0-based grid (kept only to load its checkpoints) sits one stride up-left."""
     paper, original = make(), make(original_layout=True)
