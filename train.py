@@ -85,12 +85,13 @@ def train_steps(model, optimizer, train_x, p, state, bar, stop):
 
 @torch.no_grad()
 def test_bound(model, test_x, batch_size):
-    """The negative ELBO on the test split, in nats per image (one posterior sample per image)."""
-    total = torch.zeros((), device=test_x.device)
+    """The negative ELBO on the test split and its two terms (reconstruction, KL), in nats per image,
+    one posterior sample per image. A KL near 0 means the model ignores its latents."""
+    total = torch.zeros(3, device=test_x.device)
     for i in range(0, len(test_x), batch_size):
         x = test_x[i:i + batch_size]
-        total += model.loss(x)[0] * len(x)
-    return total.item() / len(test_x)
+        total += torch.stack(model.loss(x)) * len(x)
+    return (total / len(test_x)).tolist()
 
 
 def prepare_data(p, device):
@@ -166,11 +167,12 @@ def run_epochs(model, optimizer, train_x, test_x, p, state, save):
                                     128 + stop.received)
             state.update(epoch=epoch, batch=0, order=None)
             model.eval()
-            state['test_bounds'].append(test_bound(model, test_x, p['batch_size']))
+            bound, recon, kl = test_bound(model, test_x, p['batch_size'])
+            state['test_bounds'].append(bound)
             seconds = time.perf_counter() - start
             skipped = f"  ({state['skipped']} non-finite steps skipped so far)" if state['skipped'] else ''
             print(f"epoch {epoch}/{p['epoch_num']}  train loss {sum(losses) / max(1, len(losses)):.2f}  "
-                  f"test bound {state['test_bounds'][-1]:.2f} nats  {seconds:.1f} s "
+                  f"test bound {bound:.2f} nats (reconstruction {recon:.2f} + KL {kl:.2f})  {seconds:.1f} s "
                   f"({(len(train_x) - min(len(train_x), first * p['batch_size'])) / seconds:.0f} img/s){skipped}")
             utils.plot_losses(image_dir / 'Loss_Curve.png', state['losses'], steps, state['test_bounds'])
             if epoch % p['save_epoch'] == 0:

@@ -1,4 +1,6 @@
 """train.py and generate.py end to end, as a user runs them, with tiny settings."""
+import re
+
 import imageio.v3 as iio
 import pytest
 import torch
@@ -16,7 +18,9 @@ def gif_frames(path):
 
 def test_train_writes_every_output(trained):
     work, stdout = trained
-    assert 'test bound' in stdout and 'epoch 2/2' in stdout
+    bound, recon, kl = map(float, re.search(r'test bound (\S+) nats \(reconstruction (\S+) \+ KL (\S+)\)',
+                                             stdout.splitlines()[-2]).groups())
+    assert 'epoch 2/2' in stdout and abs(bound - recon - kl) < 0.02 and kl > 0
     for name in ('model_epoch_1', 'model_epoch_2', 'model_final'):
         assert (work / 'checkpoint' / name).is_file()
     assert iio.imread(work / 'images' / 'Training_Data.png').shape == (2 * 206, 2 * 206)  # 34 images: 6x6 grid of 32 px + 2 px borders
