@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid
 
+from draw_model import DRAWModel
+
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
@@ -224,12 +226,18 @@ def model_params(path, ckpt):
     missing = [k for k in MODEL_KEYS if params.get(k) is None]
     if missing:
         raise InputError(f"{path}: its params lack {', '.join(missing)}; it was not written by train.py.")
+    wrong = [f'{k}={params[k]!r}' for k in MODEL_KEYS if not isinstance(params[k], int)]
+    if wrong:
+        raise InputError(f"{path}: its params hold {', '.join(wrong)} where whole numbers or booleans belong.")
+    try:
+        check_params(params)
+    except InputError as e:
+        raise InputError(f"{path}: its params hold {e}") from None
     return params
 
 
 def load_model(path, device):
     """(model on device in eval mode, params, checkpoint) from a checkpoint file."""
-    from draw_model import DRAWModel
     ckpt = read_checkpoint(path)
     params = model_params(path, ckpt)
     model = DRAWModel(params)

@@ -37,13 +37,19 @@ def test_generate_rejects_bad_checkpoints(trained, tmp_path):
     assert not (tmp_path / 'out').exists()
 
 
-def test_checkpoint_whose_weights_do_not_fit_its_params(trained, tmp_path):
+@pytest.mark.parametrize('change, message', [
+    ({'dec_size': 32}, 'weights do not fit its params'),
+    ({'read_N': 1}, 'its params hold read_N=1: must be at least 2'),
+    ({'T': 'many'}, "its params hold T='many' where whole numbers"),
+    ({'A': None}, 'its params lack A'),
+])
+def test_checkpoint_whose_params_are_wrong(trained, tmp_path, change, message):
     work, _ = trained
-    ckpt = torch.load(work / 'checkpoint' / 'model_final', weights_only=True)
-    ckpt['params']['dec_size'] = 32
-    torch.save(ckpt, tmp_path / 'mismatch')
-    with pytest.raises(InputError, match='weights do not fit its params'):
-        generate.main(['-load_path', str(tmp_path / 'mismatch')])
+    ckpt = torch.load(work / 'checkpoint' / 'model_final', map_location='cpu', weights_only=True)
+    ckpt['params'].update(change)
+    torch.save(ckpt, tmp_path / 'wrong')
+    with pytest.raises(InputError, match=message):
+        generate.main(['-load_path', str(tmp_path / 'wrong')])
 
 
 @pytest.mark.parametrize('args, message', [
