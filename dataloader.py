@@ -38,6 +38,7 @@ class Dataset:
     test_x: torch.Tensor
     test_y: torch.Tensor
     classes: list
+    glyphs: list  # each class's Devanagari glyph ('' where there is none, e.g. MNIST), for labels
     name: str  # what was loaded, for the log
 
 
@@ -357,26 +358,37 @@ def split(x, y, fraction, seed):
     return x[train], y[train], x[test], y[test]
 
 
-def select_classes(spec, classes):
-    """Indices of the classes named by spec: 'all', 'digits', or comma-separated names."""
+def glyphs_of(classes, kind):
+    """The Devanagari glyph of each DHCD class name, '' for the others and for MNIST's digits."""
+    known = {canonical(c): g for c, g in devanagari.GLYPHS.items()}
+    return [known.get(canonical(c), '') if 'mnist' not in kind else '' for c in classes]
+
+
+def select_classes(spec, classes, glyphs=(), what='classes'):
+    """Indices of the classes named by spec: 'all', 'digits', or comma-separated names, each a class
+    name (any case or zero padding), its last part ('ka') or its glyph ('क'); what names the setting
+    in errors."""
     if spec == 'all':
         return list(range(len(classes)))
     if spec == 'digits':
         chosen = [i for i, c in enumerate(classes) if canonical(c).startswith('digit')]
         if not chosen:
-            raise InputError(f"classes='digits', but this dataset has no digit_* classes: {', '.join(classes)}.")
+            raise InputError(f"{what}='digits', but this dataset has no digit_* classes: {', '.join(classes)}.")
         return chosen
     lookup = {canonical(c): i for i, c in enumerate(classes)}
     suffixes = {canonical(c).rsplit('_', 1)[-1]: i for i, c in enumerate(classes)}
+    glyphs = list(glyphs) or [''] * len(classes)
+    by_glyph = {g: i for i, g in enumerate(glyphs) if g}
     chosen = []
     for name in filter(None, (n.strip() for n in spec.split(','))):
-        i = lookup.get(canonical(name), suffixes.get(canonical(name)))
+        i = lookup.get(canonical(name), suffixes.get(canonical(name), by_glyph.get(name)))
         if i is None:
-            raise InputError(f"classes: unknown class {name!r}; valid names are 'all', 'digits' or: "
-                             f"{', '.join(classes)}.")
+            named = [f'{c} ({g})' if g else c for c, g in zip(classes, glyphs)]
+            raise InputError(f"{what}: unknown class {name!r}; valid names are 'all', 'digits' or: "
+                             f"{', '.join(named)}.")
         chosen.append(i)
     if not chosen:
-        raise InputError("classes is empty; use 'all', 'digits' or a comma-separated list of class names.")
+        raise InputError(f"{what} is empty; use 'all', 'digits' or a comma-separated list of class names.")
     return sorted(set(chosen))
 
 
@@ -399,13 +411,14 @@ def load_data(params, log=print):
         kind, where, params['A'], params['B'], params['cache_dir'], log)
     if test_x is None:
         train_x, train_y, test_x, test_y = split(train_x, train_y, params['test_split'], params['seed'])
-    chosen = select_classes(params['classes'], classes)
+    chosen = select_classes(params['classes'], classes, glyphs_of(classes, kind))
     train_x, train_y = keep_classes(train_x, train_y, chosen, len(classes))
     test_x, test_y = keep_classes(test_x, test_y, chosen, len(classes))
     name = 'built-in rendered Devanagari' if kind == 'builtin' else f'{kind} {where}'
     log(f"Data: {name}: {len(train_x)} train / {len(test_x)} test images, {len(chosen)} classes, "
         f"{params['A']}x{params['B']}.")
-    return Dataset(train_x, train_y, test_x, test_y, [classes[i] for i in chosen], name)
+    classes = [classes[i] for i in chosen]
+    return Dataset(train_x, train_y, test_x, test_y, classes, glyphs_of(classes, kind), name)
 
 
 def to_input(x, binarize, channel, generator=None):
@@ -417,3 +430,27 @@ def to_input(x, binarize, channel, generator=None):
     elif binarize == 'sample':
         x = torch.bernoulli(x, generator=generator)
     return x.expand(-1, channel, -1, -1)
+
+
+def load_data_for(params, classes, data_path=None, log=print):
+    """The data a checkpoint is scored or redrawn on: its own (params' dataset, data_path, classes
+    and split), or the source at data_path (any format load_data reads), all its classes. A
+    conditional model's labels are matched to its classes by name; images of others are left out."""
+    if data_path is None:
+        return load_data(params, log)
+    kind, where = find_source('auto', Path(data_path))
+    if kind == 'builtin':
+        raise InputError(f"-data {data_path}: {where}; give a .csv file or a folder in a layout data/README.md lists.")
+    data = load_data({**params, 'dataset': 'auto', 'data_path': data_path, 'classes': 'all'}, log)
+    if not params['conditional']:
+        return data
+    index = {canonical(c): i for i, c in enumerate(classes)}
+    remap = torch.tensor([index.get(canonical(c), -1) for c in data.classes])
+    if (remap < 0).all():
+        raise InputError(f"{data_path}: none of its classes ({', '.join(data.classes[:6])}...) is one the model "
+                         f"was trained on ({', '.join(classes[:6])}...); a conditional model needs its own classes.")
+    split = []
+    for x, y in ((data.train_x, data.train_y), (data.test_x, data.test_y)):
+        keep = remap[y] >= 0
+        split += [x[keep], remap[y[keep]]]
+    return Dataset(*split, list(classes), glyphs_of(classes, data.name), data.name)

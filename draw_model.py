@@ -13,7 +13,10 @@ import torch.nn.functional as F
 
 
 class DRAWModel(nn.Module):
-    def __init__(self, params):
+    def __init__(self, params, num_classes=0):
+        """params: the model keys of train.py's params. With params['conditional'], the one-hot class
+        label y (num_classes of them) joins the encoder's and decoder's input at every glimpse, so the
+        model learns p(x | y); the paper's unconditional model otherwise."""
         super().__init__()
         self.T = params['T']
         self.A, self.B, self.C = params['A'], params['B'], params['channel']
@@ -23,14 +26,17 @@ class DRAWModel(nn.Module):
         # The 2019 implementation's layout (to load its checkpoints): one attention layer shared by
         # read and write, and a filter grid indexed from 0 (shifted one stride toward the top-left).
         self.original_layout = params['original_layout']
+        self.num_classes = num_classes if params.get('conditional') else 0
+        if params.get('conditional') and num_classes < 1:
+            raise ValueError('a conditional model needs num_classes >= 1')
         enc_size, dec_size = params['enc_size'], params['dec_size']
         read_size = self.C * (self.read_N ** 2 if self.read_attn else self.A * self.B)
         write_size = self.C * (self.write_N ** 2 if self.write_attn else self.A * self.B)
 
-        self.encoder = nn.LSTMCell(2 * read_size + dec_size, enc_size)  # Eq. 5
+        self.encoder = nn.LSTMCell(2 * read_size + dec_size + self.num_classes, enc_size)  # Eq. 5 (+ y)
         self.fc_mu = nn.Linear(enc_size, self.z_size)  # Eq. 1
         self.fc_sigma = nn.Linear(enc_size, self.z_size)  # Eq. 2 (gives log sigma)
-        self.decoder = nn.LSTMCell(self.z_size, dec_size)  # Eq. 7
+        self.decoder = nn.LSTMCell(self.z_size + self.num_classes, dec_size)  # Eq. 7 (+ y)
         self.fc_write = nn.Linear(dec_size, write_size)  # Eq. 28 (Eq. 18 without attention)
         if self.original_layout:
             self.fc_attention = nn.Linear(dec_size, 5)
@@ -74,23 +80,40 @@ class DRAWModel(nn.Module):
             return f / (f.sum(2, keepdim=True) + 1e-8)
         return torch.softmax(log_f, dim=2)
 
-    def attention(self, h_dec, fc, offsets):
-        """Filterbanks and intensity gamma from a decoder state."""
-        gx_, gy_, log_sigma2, log_delta_, log_gamma = fc(h_dec).split(1, dim=1)  # Eq. 21, each (n, 1)
+    def window_params(self, h_dec, fc, N):
+        """Centre (gx, gy), variance, stride and intensity of a window, from a decoder state; (n, 1) each."""
+        gx_, gy_, log_sigma2, log_delta_, log_gamma = fc(h_dec).split(1, dim=1)  # Eq. 21
         gx = (self.A + 1) / 2 * (gx_ + 1)  # Eq. 22
         gy = (self.B + 1) / 2 * (gy_ + 1)  # Eq. 23
-        N = offsets.numel()
         delta = (max(self.A, self.B) - 1) / (N - 1) * torch.exp(log_delta_)  # Eq. 24
-        Fx, Fy = self.filterbank(gx, gy, torch.exp(log_sigma2), delta, offsets)
-        return Fx, Fy, torch.exp(log_gamma)
+        return gx, gy, torch.exp(log_sigma2), delta, torch.exp(log_gamma)
+
+    def attention(self, h_dec, fc, offsets):
+        """Filterbanks and intensity gamma from a decoder state."""
+        gx, gy, sigma2, delta, gamma = self.window_params(h_dec, fc, offsets.numel())
+        Fx, Fy = self.filterbank(gx, gy, sigma2, delta, offsets)
+        return Fx, Fy, gamma
+
+    def attention_fc(self, name):
+        """Eq. 21's linear map of the 'read' or 'write' window."""
+        return self.fc_attention if self.original_layout else getattr(self, f'fc_{name}_attention')
 
     def read_window(self, h_dec_prev):
-        fc = self.fc_attention if self.original_layout else self.fc_read_attention
-        return self.attention(h_dec_prev, fc, self.read_offsets)
+        return self.attention(h_dec_prev, self.attention_fc('read'), self.read_offsets)
 
     def write_window(self, h_dec):
-        fc = self.fc_attention if self.original_layout else self.fc_write_attention
-        return self.attention(h_dec, fc, self.write_offsets)
+        return self.attention(h_dec, self.attention_fc('write'), self.write_offsets)
+
+    def box(self, h_dec, name):
+        """Where the 'read' or 'write' window lies, for drawing it: (n, 3) rows of centre x, centre y
+        (0-based pixel coordinates) and side N * delta (each of the N filters covers one stride);
+        None where that window has no attention."""
+        if not (self.read_attn if name == 'read' else self.write_attn):
+            return None
+        offsets = getattr(self, f'{name}_offsets')
+        gx, gy, _, delta, _ = self.window_params(h_dec, self.attention_fc(name), offsets.numel())
+        shift = offsets.mean() * delta - self.pixels_a[0]  # the filters' mean (Eqs. 19-20); pixel 1 -> 0
+        return torch.cat((gx + shift, gy + shift, offsets.numel() * delta), dim=1)
 
     # -- read and write ---------------------------------------------------------------------------
     def read(self, x, x_hat, h_dec_prev):
@@ -120,48 +143,63 @@ class DRAWModel(nn.Module):
         dec = torch.zeros(n, self.decoder.hidden_size, device=device)
         return canvas, (enc, enc), (dec, dec)
 
-    def forward(self, x, T=None):
-        """Encode and redraw x (n, C, B, A) in [0, 1].
+    def with_label(self, inputs, y):
+        """inputs (n, k) with the one-hot labels y (n,) appended; inputs alone when unconditional."""
+        if not self.num_classes:
+            return inputs
+        if y is None:
+            raise ValueError('a conditional model needs the class labels y')
+        return torch.cat((inputs, F.one_hot(y, self.num_classes).to(inputs.dtype)), dim=1)
 
-        Returns the canvas logits after every glimpse (T, n, C, B, A) and the posterior means
-        and log standard deviations of every glimpse, (T, n, z_size) each.
+    def forward(self, x, y=None, T=None, windows=None):
+        """Encode and redraw x (n, C, B, A) in [0, 1] (of classes y (n,) when conditional).
+
+        Returns the canvas logits after every glimpse (T, n, C, B, A), and the posterior means, log
+        standard deviations and samples z of every glimpse, (T, n, z_size) each. A list passed as
+        windows receives each glimpse's (read, write) boxes, for drawing them.
         """
         c, enc_state, dec_state = self.initial_state(x.size(0), x.device)
-        canvases, mus, log_sigmas = [], [], []
+        canvases, mus, log_sigmas, zs = [], [], [], []
         for _ in range(T or self.T):
             h_dec_prev = dec_state[0]
             x_hat = x - torch.sigmoid(c)  # Eq. 3
             r = self.read(x, x_hat, h_dec_prev)  # Eq. 4
-            enc_state = self.encoder(torch.cat((r, h_dec_prev), dim=1), enc_state)  # Eq. 5
+            enc_state = self.encoder(self.with_label(torch.cat((r, h_dec_prev), dim=1), y), enc_state)  # Eq. 5
             mu, log_sigma = self.fc_mu(enc_state[0]), self.fc_sigma(enc_state[0])  # Eqs. 1-2
             z = mu + torch.exp(log_sigma) * torch.randn_like(mu)  # Eq. 6: z_t ~ Q(Z_t | h_enc_t)
-            dec_state = self.decoder(z, dec_state)  # Eq. 7
+            dec_state = self.decoder(self.with_label(z, y), dec_state)  # Eq. 7
             c = c + self.write(dec_state[0])  # Eq. 8
+            if windows is not None:
+                windows.append((self.box(h_dec_prev, 'read'), self.box(dec_state[0], 'write')))
             canvases.append(c)
             mus.append(mu)
             log_sigmas.append(log_sigma)
-        return torch.stack(canvases), torch.stack(mus), torch.stack(log_sigmas)
+            zs.append(z)
+        return torch.stack(canvases), torch.stack(mus), torch.stack(log_sigmas), torch.stack(zs)
 
-    def loss(self, x):
+    def loss(self, x, y=None):
         """Negative ELBO in nats per image (averaged over the batch), with its two terms.
 
         Reconstruction: -log D(x | c_T), a Bernoulli with logits c_T summed over pixels (Eq. 9).
         Latent: sum over glimpses of KL(N(mu, sigma) || N(0, 1)) (Eqs. 10-11).
         """
-        canvases, mu, log_sigma = self(x)
+        canvases, mu, log_sigma, _ = self(x, y)
         recon = F.binary_cross_entropy_with_logits(canvases[-1], x, reduction='sum') / x.size(0)  # Eq. 9
         kl = 0.5 * (mu ** 2 + torch.exp(2 * log_sigma) - 2 * log_sigma - 1).sum() / x.size(0)  # Eq. 11
         return recon + kl, recon, kl  # Eq. 12
 
     @torch.no_grad()
-    def generate(self, n, T=None, generator=None):
-        """Draw n images from the prior: every glimpse's canvas, (T, n, C, B, A) in [0, 1]."""
+    def generate(self, n, y=None, T=None, generator=None, windows=None):
+        """Draw n images from the prior (of classes y (n,) when conditional): every glimpse's canvas,
+        (T, n, C, B, A) in [0, 1]. A list passed as windows receives each glimpse's write box."""
         device = self.pixels_a.device
         c, _, dec_state = self.initial_state(n, device)
         canvases = []
         for _ in range(T or self.T):
             z = torch.randn(n, self.z_size, device=device, generator=generator)  # Eq. 13
-            dec_state = self.decoder(z, dec_state)  # Eq. 14
+            dec_state = self.decoder(self.with_label(z, y), dec_state)  # Eq. 14
             c = c + self.write(dec_state[0])  # Eq. 15
+            if windows is not None:
+                windows.append(self.box(dec_state[0], 'write'))
             canvases.append(torch.sigmoid(c))  # Eq. 16: the mean of D(X | c_t)
         return torch.stack(canvases)

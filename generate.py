@@ -1,6 +1,13 @@
 """Draw new images with a trained DRAW checkpoint:
     python generate.py -load_path checkpoint/model_final -num_output 64
 writes Generated_Image.png (the final canvases) and draw_generate.gif (the canvas after each glimpse).
+
+A class-conditional checkpoint (trained with conditional=True) draws the class asked for, by name,
+last part or glyph (-char ka, -char क, -label 0), or a grid with one labelled row per class
+(-per_class 8). -show_attention draws each glimpse's write window on the GIF's frames.
+-reconstruct redraws real test images instead (of -data PATH, or of the checkpoint's own data):
+Reconstruction.png and draw_reconstruct.gif, the image beside the canvas, with the read (green) and
+write (red) windows of every glimpse.
 """
 import argparse
 import time
@@ -8,7 +15,10 @@ from pathlib import Path
 
 import torch
 
+import figures
+import train
 import utils
+from dataloader import glyphs_of, load_data_for, select_classes, to_input
 
 
 def parse_args(argv=None):
@@ -19,29 +29,106 @@ def parse_args(argv=None):
     parser.add_argument('-out_dir', default='images', help='folder for the outputs (default images/)')
     parser.add_argument('-seed', type=int, default=None, help='noise seed, for repeatable draws (default: random)')
     parser.add_argument('-device', default='auto', help='auto (CUDA when available), cpu or cuda')
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument('-char', help="conditional models: the class to draw, e.g. character_01_ka, ka or क "
+                                     "(comma-separated for several)")
+    which.add_argument('-label', type=int, help='conditional models: the class to draw, by index')
+    which.add_argument('-per_class', type=int, help='conditional models: K images of every class, one row each')
+    which.add_argument('-reconstruct', action='store_true', help='redraw real test images instead of sampling')
+    parser.add_argument('-data', help='with -reconstruct: the data to redraw (default: the checkpoint\'s own)')
+    parser.add_argument('-show_attention', action='store_true', help='draw the write window of every glimpse')
     args = parser.parse_args(argv)
-    if args.num_output <= 0:
-        parser.error(f'-num_output must be a positive number of images, not {args.num_output}')
-    if args.t is not None and args.t <= 0:
-        parser.error(f'-t must be a positive number of glimpses, not {args.t}')
+    for flag in ('num_output', 't', 'per_class'):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            parser.error(f'-{flag} must be a positive number, not {value}')
     if args.seed is not None and not 0 <= args.seed < 2 ** 63:
         parser.error(f'-seed must be an integer from 0 to 2**63 - 1, not {args.seed}')
+    if args.data and not args.reconstruct:
+        parser.error('-data names the images to redraw: use it with -reconstruct')
     return args
+
+
+def class_labels(args, model, classes, glyphs):
+    """The class of each image to draw ((n,) or None for an unconditional model) and the grid's
+    row labels (None but for -per_class)."""
+    asked = next((f'-{a}' for a in ('char', 'label', 'per_class') if getattr(args, a) is not None), None)
+    if not model.num_classes:
+        if asked:
+            raise utils.InputError(f"{args.load_path}: an unconditional model (trained without conditional=True) "
+                                   f"cannot draw a chosen class; drop {asked}, or train with conditional=True.")
+        return None, None
+    if args.per_class:
+        labels = torch.arange(len(classes)).repeat_interleave(args.per_class)
+        return labels, [figures.class_label(c, g) for c, g in zip(classes, glyphs)]
+    if args.label is not None:
+        if not 0 <= args.label < len(classes):
+            raise utils.InputError(f"-label {args.label}: this model knows {len(classes)} classes, 0 to "
+                                   f"{len(classes) - 1} (0 = {classes[0]}, {len(classes) - 1} = {classes[-1]}).")
+        chosen = [args.label]
+    else:
+        chosen = select_classes(args.char, classes, glyphs, what='-char') if args.char else range(len(classes))
+    return torch.tensor(chosen)[torch.arange(args.num_output) % len(chosen)], None
+
+
+def reconstruction(model, params, ckpt, args, generator):
+    """Real test images, their redrawn canvases (T, n, C, B, A) and each glimpse's (read, write) boxes."""
+    data = load_data_for(params, ckpt.get('classes') or [], args.data)
+    pick = torch.randperm(len(data.test_x), generator=generator)[:args.num_output]
+    x = to_input(data.test_x[pick], params['binarize'], params['channel'], generator).to(model.pixels_a.device)
+    y = data.test_y[pick].to(x.device) if model.num_classes else None
+    windows = []
+    with torch.no_grad():
+        logits = model(x, y, args.t, windows)[0]
+    return x, torch.sigmoid(logits), windows
+
+
+def frames_of(canvases, windows, x=None, ncol=None):
+    """One picture per glimpse: the canvases, with the write window drawn when windows are given,
+    and the real images x beside them (read window on x) when reconstructing."""
+    frames = []
+    for t, images in enumerate(canvases):
+        if x is not None:
+            read, write = windows[t]
+            images = figures.side_by_side(figures.with_boxes(x, [(read, figures.READ)]),
+                                          figures.with_boxes(images, [(write, figures.WRITE)]))
+        elif windows:
+            images = figures.with_boxes(images, [(windows[t], figures.WRITE)])
+        frames.append(utils.grid(images, scale=1 if windows else 2, ncol=ncol))
+    return frames
 
 
 def main(argv=None):
     args = parse_args(argv)
     device = utils.pick_device(args.device)
-    model, params, _ = utils.load_model(args.load_path, device)
+    model, params, ckpt = utils.load_model(args.load_path, device)
+    params = {**train.params, **params}  # 2019 checkpoints name no data settings: the defaults
+    classes = ckpt.get('classes') or []
+    glyphs = ckpt.get('glyphs') or glyphs_of(classes, params['dataset'])
     seed = torch.seed() % 2 ** 31 if args.seed is None else args.seed
-    T = args.t or params['T']
-    start = time.perf_counter()
-    canvases = model.generate(args.num_output, T, torch.Generator(device).manual_seed(seed))  # (T, n, C, B, A)
-    out = Path(args.out_dir)
-    utils.save_grid(canvases[-1], out / 'Generated_Image.png')
-    utils.save_gif(canvases, out / 'draw_generate.gif')
-    print(f"Drew {args.num_output} images in {T} glimpses (seed {seed}) in {time.perf_counter() - start:.2f} s: "
-          f"{out / 'Generated_Image.png'}, {out / 'draw_generate.gif'}")
+    out, start = Path(args.out_dir), time.perf_counter()
+    if args.reconstruct:
+        x, canvases, windows = reconstruction(model, params, ckpt, args, torch.Generator().manual_seed(seed))
+        utils.save_png(utils.grid(figures.side_by_side(x, canvases[-1])), out / 'Reconstruction.png')
+        utils.save_gif(frames_of(canvases, windows, x), out / 'draw_reconstruct.gif')
+        names = ('Reconstruction.png', 'draw_reconstruct.gif')
+    else:
+        labels, rows = class_labels(args, model, classes, glyphs)
+        n = args.num_output if labels is None else len(labels)
+        windows = [] if args.show_attention and model.write_attn else None
+        canvases = model.generate(n, None if labels is None else labels.to(device), args.t,
+                                  torch.Generator(device).manual_seed(seed), windows)  # (T, n, C, B, A)
+        png, frames = utils.grid(canvases[-1], ncol=args.per_class), frames_of(canvases, windows, ncol=args.per_class)
+        if rows:  # a label beside every row: its class
+            png = figures.label_rows(png, rows, pad=2 * 2)
+            frames = [figures.label_rows(f, rows, pad=2 * (1 if windows else 2)) for f in frames]
+        utils.save_png(png, out / 'Generated_Image.png')
+        utils.save_gif(frames, out / 'draw_generate.gif')
+        names = ('Generated_Image.png', 'draw_generate.gif')
+        if args.show_attention and not model.write_attn:
+            print('-show_attention: this model writes without attention (write_attn=False); no windows to draw.')
+    print(f"Drew {canvases.shape[1]} images in {canvases.shape[0]} glimpses (seed {seed}) in "
+          f"{time.perf_counter() - start:.2f} s: {', '.join(str(out / name) for name in names)}")
 
 
 if __name__ == '__main__':

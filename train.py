@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import classifier
 import utils
 from dataloader import load_data, to_input
 from draw_model import DRAWModel
@@ -34,6 +35,7 @@ params = {
     'read_attn': True,  # False: read the whole image and error image (Eq. 17)
     'write_attn': True,  # False: write the whole canvas from a linear layer (Eq. 18)
     'original_layout': False,  # True: the 2019 code's shared attention layer and 0-based grid (for its checkpoints)
+    'conditional': False,  # True: learn p(x | class), the one-hot label fed to encoder and decoder at every glimpse
     # optimisation
     'batch_size': 128,  # images per step
     'epoch_num': 50,  # passes over the training split
@@ -46,12 +48,13 @@ params = {
     'resume': '',  # a checkpoint to continue from exactly (model_epoch_N, model_interrupted); '' starts afresh
     # output
     'save_epoch': 10,  # every this many epochs: a checkpoint and a generation GIF
+    'sample_scores': False,  # True: also score 1,000 samples with a classifier of the data (evaluate.py's scores)
     'checkpoint_dir': 'checkpoint',  # model_epoch_{N}, model_final
     'image_dir': 'images',  # Training_Data.png, Loss_Curve.png, draw_epoch_{N}.gif
 }
 
 
-def train_steps(model, optimizer, train_x, p, state, bar, stop):
+def train_steps(model, optimizer, train_x, train_y, p, state, bar, stop):
     """The rest of the epoch: batches state['batch'] onward of state['order'], until the epoch ends or
     a stop signal arrives. A step whose loss or gradient is not finite is skipped, not applied.
     Returns this call's losses."""
@@ -59,7 +62,7 @@ def train_steps(model, optimizer, train_x, p, state, bar, stop):
     while state['batch'] * bs < len(train_x) and not stop.received:
         batch = state['order'][state['batch'] * bs:(state['batch'] + 1) * bs]
         x = to_input(train_x[batch], p['binarize'], p['channel'])
-        loss, _, _ = model.loss(x)
+        loss, _, _ = model.loss(x, train_y[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), p['clip'])
@@ -84,27 +87,37 @@ def train_steps(model, optimizer, train_x, p, state, bar, stop):
 
 
 @torch.no_grad()
-def test_bound(model, test_x, batch_size):
+def test_bound(model, test_x, test_y, batch_size):
     """The negative ELBO on the test split and its two terms (reconstruction, KL), in nats per image,
     one posterior sample per image. A KL near 0 means the model ignores its latents."""
     total = torch.zeros(3, device=test_x.device)
     for i in range(0, len(test_x), batch_size):
         x = test_x[i:i + batch_size]
-        total += torch.stack(model.loss(x)) * len(x)
+        total += torch.stack(model.loss(x, test_y[i:i + batch_size])) * len(x)
     return (total / len(test_x)).tolist()
 
 
+def test_inputs(data, p):
+    """The test images as the model sees them, binarized once with the run's seed: the same in every
+    run, and in evaluate.py."""
+    return to_input(data.test_x, p['binarize'], p['channel'], torch.Generator().manual_seed(p['seed']))
+
+
 def prepare_data(p, device):
-    """The dataset on the device: train as uint8, test as model inputs (binarized once, seeded)."""
+    """The dataset on the device: (images, labels) of train, images as uint8, and of test, images as
+    model inputs (binarized once, seeded)."""
     data = load_data(p)
     if len(data.train_x) == 0 or len(data.test_x) == 0:
         raise utils.InputError(f"{data.name}: {len(data.train_x)} train and {len(data.test_x)} test images "
                                f"after the class filter; both splits need at least one.")
+    if p['conditional'] and len(data.classes) < 2:
+        raise utils.InputError(f"conditional=True: {data.name} has {len(data.classes)} class; a class-conditional "
+                               f"model needs labelled data with at least two classes.")
     fixed = torch.Generator().manual_seed(p['seed'])
-    test_x = to_input(data.test_x, p['binarize'], p['channel'], fixed).to(device)
+    test_x = test_inputs(data, p).to(device)
     sample = data.train_x[torch.randperm(len(data.train_x), generator=fixed)[:64]]
     utils.save_grid(to_input(sample, p['binarize'], p['channel'], fixed), Path(p['image_dir']) / 'Training_Data.png')
-    return data, data.train_x.to(device), test_x
+    return data, (data.train_x.to(device), data.train_y.to(device)), (test_x, data.test_y.to(device))
 
 
 def configure(argv):
@@ -116,9 +129,9 @@ def configure(argv):
         if 'rng' not in ckpt:
             raise utils.InputError(f"{p['resume']}: holds no training state (not written by this train.py); "
                                    f"generate.py can draw from it, but training cannot resume from it.")
-        saved = {k: v for k, v in ckpt['params'].items() if k in params}
-        p = utils.apply_overrides({**params, **saved, 'resume': p['resume']}, argv)
-        changed = [f"{k}={p[k]!r} (checkpoint: {saved.get(k)!r})" for k in utils.MODEL_KEYS if p[k] != saved.get(k)]
+        saved = {**params, **{k: v for k, v in ckpt['params'].items() if k in params}}
+        p = utils.apply_overrides({**saved, 'resume': p['resume']}, argv)
+        changed = [f"{k}={p[k]!r} (checkpoint: {saved[k]!r})" for k in utils.MODEL_KEYS if p[k] != saved[k]]
         if changed:
             raise utils.InputError(f"{p['resume']}: a resumed run keeps the model it saved; remove "
                                    f"{', '.join(changed)}.")
@@ -148,8 +161,10 @@ def restore(model, optimizer, ckpt, train_x):
     return state
 
 
-def run_epochs(model, optimizer, train_x, test_x, p, state, save):
-    """Epochs state['epoch'] + 1 .. epoch_num; on SIGINT / SIGTERM, saves model_interrupted and stops."""
+def run_epochs(model, optimizer, train, test, p, state, save, scorer=None):
+    """Epochs state['epoch'] + 1 .. epoch_num over train and test, (images, labels) each; on SIGINT or
+    SIGTERM, saves model_interrupted and stops."""
+    train_x = train[0]
     image_dir, steps = Path(p['image_dir']), -(-len(train_x) // p['batch_size'])
     with utils.StopSignals() as stop:
         for epoch in range(state['epoch'] + 1, p['epoch_num'] + 1):
@@ -159,7 +174,7 @@ def run_epochs(model, optimizer, train_x, test_x, p, state, save):
             with tqdm(total=steps, initial=state['batch'], unit='batch', desc=f"epoch {epoch}/{p['epoch_num']}",
                       leave=False, disable=None) as bar:
                 model.train()
-                losses = train_steps(model, optimizer, train_x, p, state, bar, stop)
+                losses = train_steps(model, optimizer, *train, p, state, bar, stop)
             if stop.received:
                 path = save('model_interrupted')
                 raise utils.Stopped(f"{signal.Signals(stop.received).name} at epoch {epoch}, step {state['batch']}: "
@@ -167,7 +182,7 @@ def run_epochs(model, optimizer, train_x, test_x, p, state, save):
                                     128 + stop.received)
             state.update(epoch=epoch, batch=0, order=None)
             model.eval()
-            bound, recon, kl = test_bound(model, test_x, p['batch_size'])
+            bound, recon, kl = test_bound(model, *test, p['batch_size'])
             state['test_bounds'].append(bound)
             seconds = time.perf_counter() - start
             skipped = f"  ({state['skipped']} non-finite steps skipped so far)" if state['skipped'] else ''
@@ -179,27 +194,40 @@ def run_epochs(model, optimizer, train_x, test_x, p, state, save):
                 save(f'model_epoch_{epoch}')
             if epoch % p['save_epoch'] == 0 or epoch == p['epoch_num']:
                 noise = torch.Generator(train_x.device).manual_seed(p['seed'])  # the same z each time
-                utils.save_gif(model.generate(64, generator=noise), image_dir / f'draw_epoch_{epoch}.gif')
+                labels = torch.arange(64, device=train_x.device) % model.num_classes if p['conditional'] else None
+                canvases = model.generate(64, labels, generator=noise)
+                utils.save_gif([utils.grid(c) for c in canvases], image_dir / f'draw_epoch_{epoch}.gif')
+                if scorer:
+                    print('\n'.join(scorer(model)))
+
+
+def sample_scorer(data, train, test, p):
+    """model -> evaluate.py's sample-quality lines, with the data's classifier (trained now if not cached)."""
+    clf, accuracy = classifier.of_data(data, train, test, p)
+    noise = torch.Generator(test[0].device)
+    return lambda model: classifier.score_lines(
+        classifier.sample_scores(model, clf, test[0], 1000, noise.manual_seed(p['seed'])), data.classes, accuracy)
 
 
 def main(argv=None):
     p, ckpt = configure(sys.argv[1:] if argv is None else argv)
     device = utils.pick_device(p['device'])
     utils.seed_everything(p['seed'])
-    data, train_x, test_x = prepare_data(p, device)
-    model = DRAWModel(p).to(device)
+    data, train, test = prepare_data(p, device)
+    model = DRAWModel(p, len(data.classes)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=p['learning_rate'], betas=(p['beta1'], 0.999))
-    state = restore(model, optimizer, ckpt, train_x) if ckpt else fresh_state()
+    state = restore(model, optimizer, ckpt, train[0]) if ckpt else fresh_state()
 
     def save(name):
         path = Path(p['checkpoint_dir']) / name
-        utils.save_checkpoint(path, model, optimizer, p, **state, classes=data.classes, rng=utils.rng_state())
+        utils.save_checkpoint(path, model, optimizer, p, **state, classes=data.classes, glyphs=data.glyphs, rng=utils.rng_state())
         return path
 
     resumed = f", resuming after epoch {state['epoch']} step {state['batch']}" if ckpt else ''
     print(f"Training on {device}: {sum(w.numel() for w in model.parameters()):,} parameters, "
-          f"{p['epoch_num']} epochs of {len(train_x)} images, batch {p['batch_size']}{resumed}.")
-    run_epochs(model, optimizer, train_x, test_x, p, state, save)
+          f"{p['epoch_num']} epochs of {len(train[0])} images, batch {p['batch_size']}{resumed}.")
+    scorer = sample_scorer(data, train, test, p) if p['sample_scores'] else None
+    run_epochs(model, optimizer, train, test, p, state, save, scorer)
     path = save('model_final')
     print(f"Saved {path}. Draw with: python generate.py -load_path {path} -num_output 64")
 

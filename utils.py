@@ -22,7 +22,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
 MODEL_KEYS = ('T', 'A', 'B', 'channel', 'z_size', 'read_N', 'write_N', 'enc_size', 'dec_size',
-              'read_attn', 'write_attn', 'original_layout')
+              'read_attn', 'write_attn', 'original_layout', 'conditional')
 
 
 class InputError(Exception):
@@ -219,6 +219,7 @@ def model_params(path, ckpt):
     single shared attention layer."""
     params, weights = dict(ckpt['params']), ckpt['model']
     params.pop('device', None)  # the 2019 files hold a torch.device: never reused
+    params.setdefault('conditional', False)  # older files: unconditional
     if 'fc_attention.weight' in weights:
         write_N = params.get('write_N')
         params.update(read_attn=True, write_attn=True, original_layout=True,
@@ -240,7 +241,11 @@ def load_model(path, device):
     """(model on device in eval mode, params, checkpoint) from a checkpoint file."""
     ckpt = read_checkpoint(path)
     params = model_params(path, ckpt)
-    model = DRAWModel(params)
+    classes = ckpt.get('classes')
+    if params['conditional'] and not (isinstance(classes, list) and len(classes) >= 2
+                                      and all(isinstance(c, str) for c in classes)):
+        raise InputError(f"{path}: a conditional model, but its list of class names is missing or damaged.")
+    model = DRAWModel(params, len(classes) if params['conditional'] else 0)
     try:
         model.load_state_dict(ckpt['model'])
     except RuntimeError as e:
@@ -250,33 +255,38 @@ def load_model(path, device):
 
 
 # -- images and plots ---------------------------------------------------------------------------
-def grid(images, scale=2):
-    """(n, C, H, W) in [0, 1] -> a near-square grid, upscaled: uint8 (H', W') for grayscale,
-    (H', W', 3) for RGB (grayscale files are smaller and their GIFs need no dithering)."""
-    nrow = math.ceil(math.sqrt(len(images)))
-    g = make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, pad_value=0.5)  # (3, H', W')
+def grid(images, scale=2, ncol=None):
+    """(n, C, H, W) in [0, 1] -> a grid of ncol columns (default: near-square), upscaled: uint8
+    (H', W') for grayscale, (H', W', 3) for RGB (grayscale files are smaller, their GIFs undithered).
+    Images sit 2 * scale pixels apart."""
+    ncol = ncol or math.ceil(math.sqrt(len(images)))
+    g = make_grid(images.detach().float().cpu(), nrow=ncol, padding=2, pad_value=0.5)  # (3, H', W')
     g = F.interpolate(g.unsqueeze(0), scale_factor=scale, mode='nearest')[0]
     g = (g.clamp(0, 1) * 255).round().byte()
     return g[0].numpy() if images.shape[1] == 1 else g.permute(1, 2, 0).numpy()
 
 
+def save_png(picture, path):
+    """A uint8 picture (H, W) or (H, W, 3), as grid makes."""
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, picture, extension='.png')
+
+
 def save_grid(images, path):
-    with atomic_path(path) as tmp:
-        iio.imwrite(tmp, grid(images), extension='.png')
+    save_png(grid(images), path)
 
 
-def save_gif(canvases, path, frame_ms=100, hold_ms=2000):
-    """canvases (T, n, C, H, W) in [0, 1] -> an animated GIF, one frame per glimpse, the last held.
+def save_gif(frames, path, frame_ms=100, hold_ms=2000):
+    """frames, one uint8 picture per glimpse (as grid makes), -> an animated GIF, the last held.
     A bar under each frame shows the glimpse count (and keeps frames distinct, so none is merged)."""
-    frames = []
-    for t, images in enumerate(canvases):
-        g = grid(images)
-        bar = np.zeros((6, *g.shape[1:]), dtype=np.uint8)
-        bar[2:5, :math.ceil(g.shape[1] * (t + 1) / len(canvases))] = 255
-        frames.append(np.concatenate((g, bar)))
+    out = []
+    for t, frame in enumerate(frames):
+        bar = np.zeros((6, *frame.shape[1:]), dtype=np.uint8)
+        bar[2:5, :math.ceil(frame.shape[1] * (t + 1) / len(frames))] = 255
+        out.append(np.concatenate((frame, bar)))
     with atomic_path(path) as tmp:
-        iio.imwrite(tmp, np.stack(frames), extension='.gif', loop=0,
-                    duration=[frame_ms] * (len(frames) - 1) + [hold_ms])
+        iio.imwrite(tmp, np.stack(out), extension='.gif', loop=0,
+                    duration=[frame_ms] * (len(out) - 1) + [hold_ms])
 
 
 def plot_losses(path, train_losses, steps_per_epoch, test_bounds):
@@ -295,6 +305,21 @@ def plot_losses(path, train_losses, steps_per_epoch, test_bounds):
     ax.set_title('DRAW training: negative ELBO')
     ax.legend()
     ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def plot_kl(path, kl_per_glimpse, title):
+    """Bars of the KL of each glimpse, nats per image: where the model spends its information."""
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar(np.arange(1, len(kl_per_glimpse) + 1), kl_per_glimpse, color='C0')
+    ax.set_xlabel('glimpse t')
+    ax.set_ylabel('KL(Q(z_t | x) || P(z_t)), nats')
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis='y')
+    save_figure(fig, path)
+
+
+def save_figure(fig, path):
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches='tight', format='png')
     plt.close(fig)

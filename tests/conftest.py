@@ -54,3 +54,12 @@ def trained(tmp_path_factory):
     out = run('train.py', 'epoch_num=2', 'save_epoch=1', *TINY, cwd=work)
     assert out.returncode == 0, out.stderr
     return work, out.stdout
+
+
+@pytest.fixture(scope='session')
+def trained_conditional(tmp_path_factory):
+    """A tiny class-conditional train.py run (1 epoch) on the tiny two-class CSV: its folder."""
+    work = write_tiny_csv(tmp_path_factory.mktemp('conditional'))
+    out = run('train.py', 'epoch_num=1', 'conditional=true', *TINY, cwd=work)
+    assert out.returncode == 0, out.stderr
+    return work

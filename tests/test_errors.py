@@ -6,7 +6,7 @@ import torch
 
 import generate
 import train
-from conftest import TINY, run
+from conftest import TINY, run, write_tiny_csv
 from utils import InputError
 
 
@@ -95,3 +95,18 @@ def test_errors_reach_the_user_as_one_line(trained, tmp_path):
         out = run(script, *args, cwd=work)
         assert out.returncode == 2 and 'Traceback' not in out.stderr
         assert out.stderr.strip().splitlines()[-1].startswith('error: ') and message in out.stderr
+
+
+def test_a_conditional_model_needs_two_classes(tmp_path):
+    work = write_tiny_csv(tmp_path)
+    out = run('train.py', 'conditional=true', 'classes=ka', 'epoch_num=1', *TINY, cwd=work)
+    assert out.returncode == 2 and 'conditional=True' in out.stderr and 'at least two classes' in out.stderr
+    assert not (work / 'images' / 'Training_Data.png').exists()  # refused before anything is written
+
+
+def test_a_conditional_checkpoint_without_its_classes_is_refused(trained_conditional, tmp_path):
+    ckpt = torch.load(trained_conditional / 'checkpoint' / 'model_final', weights_only=True)
+    del ckpt['classes']
+    torch.save(ckpt, tmp_path / 'no_classes')
+    with pytest.raises(InputError, match='class names is missing'):
+        generate.main(['-load_path', str(tmp_path / 'no_classes')])

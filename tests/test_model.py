@@ -9,10 +9,14 @@ from draw_model import DRAWModel
 from train import params as DEFAULTS
 
 
+def make_params(**kw):
+    return {**DEFAULTS, 'T': 3, 'A': 12, 'B': 10, 'z_size': 5, 'read_N': 3, 'write_N': 4, 'enc_size': 16,
+            'dec_size': 16, **kw}
+
+
 def make(**kw):
     torch.manual_seed(0)
-    return DRAWModel({**DEFAULTS, 'T': 3, 'A': 12, 'B': 10, 'z_size': 5, 'read_N': 3, 'write_N': 4,
-                      'enc_size': 16, 'dec_size': 16, **kw})
+    return DRAWModel(make_params(**kw))
 
 
 def window(model, fc, gx_=0.0, gy_=0.0, log_sigma2=0.0, log_delta_=0.0, log_gamma=0.0):
@@ -102,7 +106,7 @@ def test_loss_is_bernoulli_likelihood_plus_exact_kl():
     model = make()
     x = torch.rand(4, 1, 10, 12)
     torch.manual_seed(1)
-    canvases, mu, log_sigma = model(x)
+    canvases, mu, log_sigma, _ = model(x)
     torch.manual_seed(1)
     loss, recon, kl = model.loss(x)
     p = torch.sigmoid(canvases[-1])
@@ -119,7 +123,7 @@ def test_shapes_and_every_parameter_gets_a_gradient(kw):
     model = make(**kw)
     C = model.C
     x = torch.rand(5, C, 10, 12)
-    canvases, mu, log_sigma = model(x)
+    canvases, mu, log_sigma, _ = model(x)
     assert canvases.shape == (3, 5, C, 10, 12) and mu.shape == log_sigma.shape == (3, 5, 5)
     model.loss(x)[0].backward()
     for name, w in model.named_parameters():
@@ -179,3 +183,55 @@ def test_original_layout_draws_what_the_original_code_draws():
     noise = torch.stack([torch.randn(5, 100, generator=g) for _ in range(4)])
     torch.testing.assert_close(drawn, original_generate(model.state_dict(), p, noise), atol=1e-5, rtol=1e-4)
 
+
+
+@pytest.mark.parametrize('kw', [{}, {'original_layout': True}])
+def test_boxes_sit_on_the_filters_they_describe(kw):
+    """A window's box is centred on its filters' centre of mass (0-based pixels) and N * delta wide."""
+    model = make(A=24, B=24, read_N=3, write_N=4, **kw)
+    fc = model.attention_fc('write')
+    window(model, fc, gx_=0.2, gy_=-0.3, log_sigma2=0.0, log_delta_=math.log(0.2))
+    h = torch.zeros(1, 16)
+    Fx, Fy, _ = model.write_window(h)
+    x, y, side = model.box(h, 'write')[0].tolist()
+    centres = lambda F_: (F_[0] * torch.arange(F_.shape[2])).sum(1)  # each filter's mean pixel, 0-based
+    assert x == pytest.approx(centres(Fx).mean().item(), abs=1e-3)
+    assert y == pytest.approx(centres(Fy).mean().item(), abs=1e-3)
+    stride = (centres(Fx)[1:] - centres(Fx)[:-1]).mean().item()
+    assert side == pytest.approx(4 * stride, abs=1e-3)
+    assert make(read_attn=False).box(h, 'read') is None
+
+
+def test_windows_are_recorded_per_glimpse_without_changing_the_draw():
+    model = make()
+    x = torch.rand(2, 1, 10, 12)
+    windows = []
+    torch.manual_seed(0)
+    plain = model(x)[0]
+    torch.manual_seed(0)
+    recorded = model(x, windows=windows)[0]
+    torch.testing.assert_close(plain, recorded)
+    assert len(windows) == 3 and all(r.shape == w.shape == (2, 3) for r, w in windows)
+    drawn = []
+    model.generate(4, windows=drawn)
+    assert len(drawn) == 3 and drawn[0].shape == (4, 3)
+
+
+def test_conditional_model_learns_p_x_given_y():
+    """The one-hot label joins the encoder's and the decoder's input at every glimpse."""
+    torch.manual_seed(0)
+    model, plain = DRAWModel({**make_params(), 'conditional': True}, num_classes=3), make()
+    assert model.encoder.weight_ih.shape[1] == plain.encoder.weight_ih.shape[1] + 3
+    assert model.decoder.weight_ih.shape[1] == plain.decoder.weight_ih.shape[1] + 3
+    with torch.no_grad():
+        model.decoder.weight_ih[:, -3:].normal_(0, 1)
+    draws = [model.generate(2, torch.tensor([c, c]), generator=torch.Generator().manual_seed(0)) for c in range(3)]
+    assert not torch.allclose(draws[0], draws[1]) and not torch.allclose(draws[1], draws[2])
+    x, y = torch.rand(4, 1, 10, 12), torch.tensor([0, 1, 2, 0])
+    loss, recon, kl = model.loss(x, y)
+    loss.backward()
+    assert model.encoder.weight_ih.grad[:, -3:].abs().sum() > 0 and model.decoder.weight_ih.grad[:, -3:].abs().sum() > 0
+    with pytest.raises(ValueError, match='labels'):
+        model.loss(x)
+    with pytest.raises(ValueError, match='num_classes'):
+        DRAWModel({**DEFAULTS, 'conditional': True})

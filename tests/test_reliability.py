@@ -72,11 +72,11 @@ def test_interrupt_mid_epoch_saves_and_resumes_exactly(work, monkeypatch):
     straight = train_in(work, 'epoch_num=2', out='straight')
     calls, loss = [0], DRAWModel.loss
 
-    def loss_then_ctrl_c(self, x):  # 5 steps and a test batch in epoch 1: call 9 is epoch 2's 3rd step
+    def loss_then_ctrl_c(self, x, y=None):  # 5 steps and a test batch in epoch 1: call 9 is epoch 2's 3rd step
         calls[0] += 1
         if calls[0] == 9:
             os.kill(os.getpid(), signal.SIGINT)
-        return loss(self, x)
+        return loss(self, x, y)
 
     with monkeypatch.context() as m:
         m.setattr(DRAWModel, 'loss', loss_then_ctrl_c)
@@ -113,9 +113,9 @@ def test_signal_to_a_real_run_saves_its_state_and_keeps_old_checkpoints(work, si
 def nan_loss_after(monkeypatch, good_calls):
     calls, loss = [0], DRAWModel.loss
 
-    def loss_or_nan(self, x):
+    def loss_or_nan(self, x, y=None):
         calls[0] += 1
-        total, recon, kl = loss(self, x)
+        total, recon, kl = loss(self, x, y)
         return (total * float('nan'), recon, kl) if calls[0] > good_calls else (total, recon, kl)
 
     monkeypatch.setattr(DRAWModel, 'loss', loss_or_nan)
@@ -143,7 +143,7 @@ def test_a_skipped_step_leaves_the_weights_unchanged(work, monkeypatch):
 @pytest.mark.parametrize('write', [
     lambda path: utils.atomic_save({'x': torch.zeros(1000)}, path),
     lambda path: utils.save_grid(torch.rand(4, 1, 8, 8), path),
-    lambda path: utils.save_gif(torch.rand(3, 4, 1, 8, 8), path),
+    lambda path: utils.save_gif([utils.grid(c) for c in torch.rand(3, 4, 1, 8, 8)], path),
 ])
 def test_a_crash_mid_write_leaves_the_previous_file_whole(tmp_path, monkeypatch, write):
     path = tmp_path / 'out.gif'

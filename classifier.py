@@ -1,0 +1,148 @@
+"""Sample quality where no likelihood comparison exists: a small CNN trained to recognise a
+dataset's classes, and the scores it gives a set of images (generated samples, or real test images
+for the ceiling). The CNN is trained once per dataset and cached beside the decoded data."""
+import hashlib
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import utils
+from dataloader import to_input
+from utils import InputError
+
+CONFIDENT = 0.9  # a sample counts as recognisable when the classifier gives one class this probability
+
+
+class Classifier(nn.Module):
+    """Three conv blocks and a 128-unit feature layer (the Fréchet distance's features); about
+    5 MFLOP per 32x32 image, so it trains in a minute or two on a CPU."""
+
+    def __init__(self, num_classes, size):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.fc = nn.Linear(64 * (size[0] // 8) * (size[1] // 8), 128)
+        self.out = nn.Linear(128, num_classes)
+        self.dropout = nn.Dropout(0.3)
+
+    def features(self, x):
+        """(n, C, B, A) in [0, 1] (channels averaged) -> (n, 128)."""
+        return F.relu(self.fc(self.conv(x.mean(1, keepdim=True)).flatten(1)))
+
+    def forward(self, x):
+        return self.out(self.dropout(self.features(x)))
+
+
+@torch.no_grad()
+def apply(fn, x, batch_size=500):
+    """fn over x in batches, the results concatenated."""
+    return torch.cat([fn(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def train_classifier(train, test, num_classes, epochs=6, seed=0, log=print):
+    """A Classifier fitted to train (images in [0, 1], labels), with its accuracy on test."""
+    (x, y), device = train, train[0].device
+    torch.manual_seed(seed)
+    model = Classifier(num_classes, x.shape[-2:]).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    steps = epochs * math.ceil(len(x) / 128)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
+    for epoch in range(epochs):
+        model.train()
+        for batch in torch.randperm(len(x), device=device).split(128):
+            shift = torch.randint(-2, 3, (2,)).tolist()  # small translations: samples are rarely centred alike
+            loss = F.cross_entropy(model(x[batch].roll(shift, dims=(2, 3))), y[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    model.eval()
+    accuracy = (apply(model, test[0]).argmax(1) == test[1]).float().mean().item()
+    log(f"Classifier: trained {epochs} epochs on {len(x)} images, {100 * accuracy:.1f}% right on {len(test[0])} "
+        f"test images.")
+    return model, accuracy
+
+
+def of_data(data, train, test, p, log=print):
+    """The classifier of this dataset (its name, classes and splits, train as uint8 images and labels,
+    test as model inputs), trained on first use and cached in p['cache_dir']."""
+    if len(data.classes) < 2:
+        raise InputError(f"{data.name} has no class labels for a classifier to learn; sample scores need them.")
+    train = to_input(train[0], p['binarize'], p['channel'], torch.Generator().manual_seed(p['seed'])), train[1]
+    key = hashlib.sha256(repr((data.name, data.classes, tuple(train[0].shape), tuple(test[0].shape),
+                               train[1].sum().item(), float(train[0].sum()))).encode()).hexdigest()[:16]
+    path = Path(p['cache_dir']) / f'classifier-{key}.pt'
+    if path.is_file():
+        saved = torch.load(path, map_location=train[0].device, weights_only=True)
+        model = Classifier(len(data.classes), train[0].shape[-2:]).to(train[0].device)
+        model.load_state_dict(saved['model'])
+        return model.eval(), saved['accuracy']
+    model, accuracy = train_classifier(train, test, len(data.classes), log=log)
+    utils.atomic_save({'model': model.state_dict(), 'accuracy': accuracy}, path)
+    return model, accuracy
+
+
+def frechet_distance(f1, f2):
+    """||m1 - m2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between Gaussians fitted to two feature sets
+    (n, d). Tr (S1 S2)^(1/2) = sum of sqrt of the eigenvalues of S1^(1/2) S2 S1^(1/2), symmetric."""
+    f1, f2 = f1.double(), f2.double()
+    m1, m2 = f1.mean(0), f2.mean(0)
+    s1, s2 = torch.cov(f1.T), torch.cov(f2.T)
+    values, vectors = torch.linalg.eigh(s1)
+    root1 = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+    cross = torch.linalg.eigvalsh(root1 @ s2 @ root1).clamp(min=0).sqrt().sum()
+    return ((m1 - m2) ** 2).sum().item() + (s1.trace() + s2.trace() - 2 * cross).item()
+
+
+def scores(model, images, reference):
+    """What the classifier makes of images (n, C, B, A) in [0, 1]: the share it is confident about,
+    how many classes appear among them and the entropy of their class histogram, and the Fréchet
+    distance of their features to those of the reference images (real test images)."""
+    logits = apply(model, images)
+    probs = logits.softmax(1)
+    counts = torch.bincount(probs.argmax(1), minlength=probs.shape[1]).double()
+    share = counts[counts > 0] / counts.sum()
+    return {'recognisable': (probs.max(1).values >= CONFIDENT).double().mean().item(),
+            'classes': int((counts > 0).sum()),
+            'entropy': (-(share * share.log()).sum()).clamp(min=0).item(),
+            'frechet': frechet_distance(apply(model.features, images), apply(model.features, reference)),
+            'predicted': probs.argmax(1)}
+
+
+@torch.no_grad()
+def sample_scores(model, clf, test_x, n, generator):
+    """The classifier's scores of n samples and of n real test images (the ceiling), both against
+    the rest of the test images; and, for a conditional model, the share of samples recognised as
+    the class asked for, per class."""
+    n = min(n, len(test_x) // 2)
+    shuffled = test_x[torch.randperm(len(test_x), generator=torch.Generator().manual_seed(0)).to(test_x.device)]
+    real, reference = shuffled[:n], shuffled[n:]  # test splits may be sorted by class
+    labels = torch.arange(n, device=test_x.device) % model.num_classes if model.num_classes else None
+    samples = model.generate(n, labels, generator=generator)[-1]
+    found = {'samples': scores(clf, samples, reference), 'real': scores(clf, real, reference)}
+    if labels is not None:
+        right = (found['samples']['predicted'] == labels).double()
+        found['per_class'] = [right[labels == c].mean().item() for c in range(model.num_classes)]
+    return found
+
+
+def score_lines(found, classes, accuracy):
+    """The scores as a short table."""
+    s, r = found['samples'], found['real']
+    lines = [f"Sample quality, by a CNN trained on the training split ({100 * accuracy:.1f}% right on the test split):",
+             f"  {'':30}{'samples':>10}{'real test':>12}",
+             f"  {'recognisable (p >= 0.9)':30}{100 * s['recognisable']:>9.1f}%{100 * r['recognisable']:>11.1f}%",
+             f"  {'classes present':30}{s['classes']:>7}/{len(classes):<2}{r['classes']:>9}/{len(classes):<2}",
+             f"  {'class entropy (nats)':30}{s['entropy']:>10.3f}{r['entropy']:>12.3f}   (uniform: "
+             f"{math.log(len(classes)):.3f})",
+             f"  {'Frechet distance':30}{s['frechet']:>10.2f}{r['frechet']:>12.2f}   (to other real test images)"]
+    if 'per_class' in found:
+        mean = sum(found['per_class']) / len(classes)
+        lines.append(f"  conditional samples recognised as the class asked for: {100 * mean:.1f}% on average; "
+                     f"per class: " + ', '.join(f"{c} {100 * a:.0f}%" for c, a in zip(classes, found['per_class'])))
+    return lines

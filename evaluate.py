@@ -1,0 +1,108 @@
+"""Measure what a DRAW checkpoint learned, on the test split of its own data or of any source the
+loader reads:
+    python evaluate.py -load_path checkpoint/model_final [-data PATH] [-k 50] [-num_samples 1000]
+prints the negative ELBO in nats per image (reconstruction + KL, and the KL of every glimpse), the
+importance-weighted bound with K samples (Burda et al. 2015, closer to -log p(x)), bits per
+dimension, and sample-quality scores from a small CNN trained on the data's training split
+(classifier.py); writes kl_per_glimpse.png.
+"""
+import argparse
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import classifier
+import train
+import utils
+from dataloader import load_data_for
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('-load_path', required=True, help='checkpoint file, e.g. checkpoint/model_final')
+    parser.add_argument('-data', help="a dataset to score (file or folder, any format the loader reads; "
+                                      "default: the checkpoint's own test split)")
+    parser.add_argument('-k', type=int, default=50, help='importance samples per image for the IWAE bound (default 50)')
+    parser.add_argument('-num_samples', type=int, default=1000,
+                        help='generated samples scored by the classifier (default 1000; 0 skips the scores)')
+    parser.add_argument('-out_dir', default='images', help='folder for kl_per_glimpse.png (default images/)')
+    parser.add_argument('-seed', type=int, default=0, help='seed of the posterior and prior samples (default 0)')
+    parser.add_argument('-device', default='auto', help='auto (CUDA when available), cpu or cuda')
+    args = parser.parse_args(argv)
+    if args.k <= 0:
+        parser.error(f'-k must be a positive number of samples, not {args.k}')
+    if args.num_samples < 0:
+        parser.error(f'-num_samples must be 0 or more, not {args.num_samples}')
+    if not 0 <= args.seed < 2 ** 63:
+        parser.error(f'-seed must be an integer from 0 to 2**63 - 1, not {args.seed}')
+    return args
+
+
+@torch.no_grad()
+def log_weights(model, x, y):
+    """One posterior sample z ~ q(z | x) per image: log p(x | z) + log p(z) - log q(z | x), (n,), and
+    the two terms of the ELBO, the reconstruction -log p(x | z) (n,) and the exact KL of each glimpse
+    (T, n) (Eqs. 9-11)."""
+    canvases, mu, log_sigma, z = model(x, y)
+    recon = F.binary_cross_entropy_with_logits(canvases[-1], x, reduction='none').flatten(1).sum(1)  # Eq. 9
+    kl = 0.5 * (mu ** 2 + torch.exp(2 * log_sigma) - 2 * log_sigma - 1).sum(2)  # Eq. 11, per glimpse
+    eps = (z - mu) / torch.exp(log_sigma)
+    log_q_over_p = (-log_sigma - eps ** 2 / 2 + z ** 2 / 2).sum((0, 2))  # log N(z; mu, sigma) - log N(z; 0, 1)
+    return -recon - log_q_over_p, recon, kl
+
+
+def bounds(model, x, y, k, batch_size=2048):
+    """On images x (labels y): the ELBO's terms averaged over k posterior samples per image, and the
+    k-sample importance-weighted bound -log (1/k sum_i w_i), all in nats per image."""
+    per_batch = max(1, batch_size // k)
+    iwae, recon, kl = 0.0, 0.0, 0.0
+    for i in range(0, len(x), per_batch):
+        xb = x[i:i + per_batch].repeat_interleave(k, dim=0)
+        yb = None if y is None else y[i:i + per_batch].repeat_interleave(k, dim=0)
+        log_w, r, kl_t = log_weights(model, xb, yb)
+        iwae -= (torch.logsumexp(log_w.view(-1, k), dim=1) - math.log(k)).sum().item()
+        recon += r.sum().item() / k
+        kl = kl + kl_t.sum(1) / k
+    kl = kl / len(x)
+    return {'iwae': iwae / len(x), 'recon': recon / len(x), 'kl': kl.sum().item(), 'kl_t': kl.tolist(),
+            'elbo': recon / len(x) + kl.sum().item()}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = utils.pick_device(args.device)
+    model, params, ckpt = utils.load_model(args.load_path, device)
+    params = {**train.params, **params}  # 2019 checkpoints name no data settings: the defaults
+    data = load_data_for(params, ckpt.get('classes') or [], args.data)
+    if len(data.test_x) == 0:
+        raise utils.InputError(f"{data.name}: its test split is empty; nothing to evaluate.")
+    test_x, test_y = train.test_inputs(data, params).to(device), data.test_y.to(device)
+    torch.manual_seed(args.seed)
+    found = bounds(model, test_x, test_y if model.num_classes else None, args.k)
+    dims = test_x[0].numel()
+    print(f"{args.load_path} on the test split of {data.name}: {len(test_x)} images, {dims} dimensions each")
+    print(f"  negative ELBO      {found['elbo']:8.2f} nats per image (reconstruction {found['recon']:.2f} "
+          f"+ KL {found['kl']:.2f}), averaged over {args.k} posterior samples")
+    print(f"  IWAE bound, k={args.k:<4}{found['iwae']:8.2f} nats per image (an upper bound on -log p(x), "
+          f"tighter than the ELBO)")
+    print(f"  bits per dimension {found['elbo'] / dims / math.log(2):8.4f} (ELBO), "
+          f"{found['iwae'] / dims / math.log(2):.4f} (IWAE)")
+    print("  KL per glimpse     " + ' '.join(f'{v:.1f}' for v in found['kl_t']))
+    path = Path(args.out_dir) / 'kl_per_glimpse.png'
+    utils.plot_kl(path, found['kl_t'], f"{Path(args.load_path).name}: KL per glimpse, {found['kl']:.1f} nats in all")
+    print(f"  wrote {path}")
+    if not args.num_samples:
+        return
+    if len(data.classes) < 2:
+        print(f"Sample quality: skipped, {data.name} has no class labels for a classifier to learn.")
+        return
+    clf, accuracy = classifier.of_data(data, (data.train_x.to(device), data.train_y.to(device)), (test_x, test_y),
+                                       params)
+    found = classifier.sample_scores(model, clf, test_x, args.num_samples, torch.Generator(device).manual_seed(args.seed))
+    print('\n'.join(classifier.score_lines(found, data.classes, accuracy)))
+
+
+if __name__ == '__main__':
+    utils.run(main)

@@ -1,0 +1,101 @@
+"""evaluate.py: its bounds against a likelihood computed by quadrature, the Fréchet distance against
+its closed form, and the script end to end."""
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import classifier
+import evaluate
+from conftest import run
+from draw_model import DRAWModel
+from train import params as DEFAULTS
+
+
+def one_glimpse_model():
+    """T = 1 and a 1-D latent: -log p(x) = -log of an integral over z, which quadrature computes.
+    Weights scaled up so that the image depends sharply on z and the untrained encoder's q is far
+    from the true posterior: the ELBO is loose."""
+    torch.manual_seed(0)
+    model = DRAWModel({**DEFAULTS, 'T': 1, 'A': 4, 'B': 4, 'z_size': 1, 'read_N': 2, 'enc_size': 8, 'dec_size': 8,
+                       'write_attn': False})
+    with torch.no_grad():
+        model.decoder.weight_ih.mul_(3)
+        model.fc_write.weight.mul_(10)
+    return model.eval()
+
+
+def exact_nll(model, x):
+    """-log p(x) = -log integral N(z; 0, 1) p(x | z) dz on a fine grid (the decoder, Eqs. 13-16)."""
+    z = torch.linspace(-9, 9, 20001).unsqueeze(1)
+    _, _, state = model.initial_state(len(z), 'cpu')
+    with torch.no_grad():
+        logits = model.write(model.decoder(z, state)[0])
+    log_px_z = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction='none').flatten(1).sum(1)
+    log_prior = -z[:, 0] ** 2 / 2 - 0.5 * math.log(2 * math.pi)
+    return -(torch.logsumexp(log_px_z + log_prior, 0) + math.log(z[1, 0] - z[0, 0])).item()
+
+
+def test_iwae_bound_closes_on_the_exact_likelihood():
+    model = one_glimpse_model()
+    x = (torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    exact = sum(exact_nll(model, xi.unsqueeze(0)) for xi in x) / 3
+    torch.manual_seed(0)
+    many = evaluate.bounds(model, x, None, k=4000)
+    few = evaluate.bounds(model, x.repeat(200, 1, 1, 1), None, k=10)  # an average of 600 estimates
+    assert many['elbo'] > exact + 0.3  # the ELBO's gap
+    assert exact < few['iwae'] < many['elbo']  # Burda et al.: the bound tightens with k...
+    assert many['iwae'] == pytest.approx(exact, abs=0.02)  # ...onto -log p(x)
+    assert len(many['kl_t']) == 1 and many['kl'] == pytest.approx(sum(many['kl_t']))
+
+
+def test_frechet_distance_matches_the_closed_form():
+    """For 2x2 covariances Tr sqrt(S1 S2) = sqrt(tr(S1 S2) + 2 sqrt(det(S1 S2)))."""
+    rng = np.random.default_rng(0)
+    f1 = torch.from_numpy(rng.normal(size=(500, 2)) @ np.array([[2.0, 0.3], [0.0, 0.5]]))
+    f2 = torch.from_numpy(rng.normal(size=(400, 2)) @ np.array([[1.0, -0.4], [0.2, 1.5]]) + [0.5, -1.0])
+    s1, s2 = np.cov(f1.numpy().T), np.cov(f2.numpy().T)
+    product = s1 @ s2
+    cross = math.sqrt(np.trace(product) + 2 * math.sqrt(np.linalg.det(product)))
+    expected = ((f1.mean(0) - f2.mean(0)) ** 2).sum().item() + np.trace(s1) + np.trace(s2) - 2 * cross
+    assert classifier.frechet_distance(f1, f2) == pytest.approx(expected, rel=1e-9)
+    assert classifier.frechet_distance(f1, f1) == pytest.approx(0, abs=1e-9)
+
+
+def test_scores_count_confidence_classes_and_entropy():
+    model = classifier.Classifier(3, (8, 8)).eval()
+    images = torch.rand(6, 1, 8, 8)
+    with torch.no_grad():
+        model.out.weight.zero_()
+        model.out.bias.copy_(torch.tensor([0.0, 5.0, 0.0]))  # every image: class 1, p = 0.987
+    found = classifier.scores(model, images, torch.rand(5, 1, 8, 8))
+    assert found['recognisable'] == 1 and found['classes'] == 1 and found['entropy'] == 0
+    assert found['predicted'].tolist() == [1] * 6 and found['frechet'] > 0
+
+
+def test_evaluate_prints_every_number_and_the_kl_plot(trained):
+    work, _ = trained
+    out = run('evaluate.py', '-load_path', 'checkpoint/model_final', '-k', '4', '-num_samples', '6', cwd=work)
+    assert out.returncode == 0, out.stderr
+    elbo, recon, kl = map(float, re.search(r'negative ELBO\s+(\S+) nats per image \(reconstruction (\S+) \+ KL (\S+)\)',
+                                           out.stdout).groups())
+    iwae = float(re.search(r'IWAE bound, k=4\s+(\S+)', out.stdout).group(1))
+    assert elbo == pytest.approx(recon + kl, abs=0.02) and iwae <= elbo + 0.5
+    bits = float(re.search(r'bits per dimension\s+(\S+)', out.stdout).group(1))
+    assert bits == pytest.approx(elbo / 1024 / math.log(2), abs=1e-3)
+    assert len(re.search(r'KL per glimpse\s+(.*)', out.stdout).group(1).split()) == 3
+    assert (work / 'images' / 'kl_per_glimpse.png').is_file()
+    assert 'Classifier: trained' in out.stdout and 'recognisable' in out.stdout and 'Frechet' in out.stdout
+
+
+def test_evaluate_scores_another_file_and_refuses_bad_flags(trained, tmp_path):
+    work, _ = trained
+    out = run('evaluate.py', '-load_path', 'checkpoint/model_final', '-k', '2', '-num_samples', '0',
+              '-data', str(work / 'data' / 'data.csv'), cwd=work)
+    assert out.returncode == 0 and 'negative ELBO' in out.stdout and 'Sample quality' not in out.stdout, out.stderr
+    for flags, message in ((['-k', '0'], '-k must be a positive'), (['-data', str(tmp_path / 'none.csv')], 'none.csv')):
+        out = run('evaluate.py', '-load_path', 'checkpoint/model_final', *flags, cwd=work)
+        assert out.returncode == 2 and message in out.stderr and 'Traceback' not in out.stderr
