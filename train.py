@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 import classifier
+import distributed
 import utils
 from dataloader import load_data, to_input
 from draw_model import DRAWModel
@@ -42,6 +43,7 @@ params = {
     'learning_rate': 1e-3,  # Adam step size
     'beta1': 0.5,  # Adam beta1 (beta2 = 0.999)
     'clip': 5.0,  # gradient-norm clipping threshold
+    'precision': 'fp32',  # fp32 | bf16: autocast the model to bfloat16 (CPUs with AVX512-BF16 or AMX, recent GPUs)
     'seed': 0,  # seeds the split, initialisation, noise and data order
     'device': 'auto',  # auto (CUDA when available) | cpu | cuda | cuda:1 ...
     'nonfinite_limit': 10,  # non-finite losses or gradients in a row (each update skipped) before training stops
@@ -54,36 +56,60 @@ params = {
 }
 
 
-def train_steps(model, optimizer, train_x, train_y, p, state, bar, stop):
-    """The rest of the epoch: batches state['batch'] onward of state['order'], until the epoch ends or
-    a stop signal arrives. A step whose loss or gradient is not finite is skipped, not applied.
-    Returns this call's losses."""
-    losses, bs = [], p['batch_size']
-    while state['batch'] * bs < len(train_x) and not stop.received:
-        batch = state['order'][state['batch'] * bs:(state['batch'] + 1) * bs]
-        x = to_input(train_x[batch], p['binarize'], p['channel'])
-        loss, _, _ = model.loss(x, train_y[batch])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), p['clip'])
-        if torch.isfinite(loss + norm):
-            optimizer.step()
-            losses.append(loss.detach())
-            state['bad_in_a_row'] = 0
-        else:
-            state['skipped'] += 1
-            state['bad_in_a_row'] += 1
-            if state['bad_in_a_row'] >= p['nonfinite_limit']:
-                raise utils.Stopped(f"{state['bad_in_a_row']} steps in a row with a non-finite loss or gradient "
-                                    f"(epoch {state['epoch'] + 1}, step {state['batch'] + 1}), none applied. "
-                                    f"Checkpoints already written are intact; try a lower learning_rate or clip.")
+LOG_EVERY = 20  # steps between reads of the loss from the device (progress bar, non-finite check)
+
+
+def train_step(objective, optimizer, x, y, p):
+    """One update through objective (distributed.objective(model)), with no host synchronisation:
+    returns the loss (averaged over the processes) and whether it and the gradient norm are finite,
+    device tensors. A non-finite step changes nothing: fused Adam skips it on the device (its
+    found_inf, as under a GradScaler), moments and step count included."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=p['precision'] == 'bf16'):
+        loss = objective(x, y)[0]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), p['clip'])  # of the averaged gradient
+    loss = distributed.mean(loss.detach().float())
+    ok = torch.isfinite(loss + norm)
+    optimizer.found_inf = (~ok).float()
+    optimizer.step()
+    return loss, ok
+
+
+def train_steps(objective, optimizer, train_x, train_y, p, state, bar, stop):
+    """The rest of the epoch: batches state['batch'] onward of this process's shard of
+    state['order'], until the epoch ends or a stop signal arrives. Losses stay on the device and are
+    read every LOG_EVERY steps (or nonfinite_limit, if fewer), when the progress bar and the
+    non-finite count are brought up to date. Returns this call's losses and whether it stopped early."""
+    bs, losses, oks, mine = p['batch_size'], [], [], distributed.shard(state['order'])
+    every = min(LOG_EVERY, p['nonfinite_limit'])  # a run of nonfinite_limit bad steps is seen within as many more
+    in_a_row = torch.tensor(state['bad_in_a_row'], device=train_x.device)
+    longest = in_a_row.clone()
+    while state['batch'] * bs < len(mine) and not distributed.agree(stop.received, train_x.device,
+                                                                     now=len(losses) % every == 0):
+        batch = mine[state['batch'] * bs:(state['batch'] + 1) * bs]
+        loss, ok = train_step(objective, optimizer, to_input(train_x[batch], p['binarize'], p['channel']),
+                              train_y[batch], p)
+        in_a_row = (in_a_row + 1) * ~ok
+        longest = torch.maximum(longest, in_a_row)
+        losses.append(loss)
+        oks.append(ok)
         state['batch'] += 1
         bar.update(1)
-        if len(losses) % 20 == 1:
-            bar.set_postfix(loss=f'{loss.item():.1f}')
-    losses = torch.stack(losses).tolist() if losses else []
+        if len(losses) % every == 0 or state['batch'] * bs >= len(mine):
+            recent = torch.stack(losses[-every:])[torch.stack(oks[-every:])]
+            bar.set_postfix(loss=f'{recent.mean().item():.1f}' if len(recent) else 'non-finite')
+            state['bad_in_a_row'] = int(in_a_row)
+            if longest >= p['nonfinite_limit']:
+                state['skipped'] += int((~torch.stack(oks)).sum())
+                raise utils.Stopped(f"{int(longest)} steps in a row with a non-finite loss or gradient "
+                                    f"(epoch {state['epoch'] + 1}, by step {state['batch']}), none applied. "
+                                    f"Checkpoints already written are intact; try a lower learning_rate or clip.")
+    oks = torch.stack(oks) if oks else torch.zeros(0, dtype=torch.bool)
+    state['skipped'] += int((~oks).sum())
+    losses = torch.stack(losses)[oks].tolist() if len(oks) else []
     state['losses'] += losses
-    return losses
+    return losses, state['batch'] * bs < len(mine)
 
 
 @torch.no_grad()
@@ -106,7 +132,7 @@ def test_inputs(data, p):
 def prepare_data(p, device):
     """The dataset on the device: (images, labels) of train, images as uint8, and of test, images as
     model inputs (binarized once, seeded)."""
-    data = load_data(p)
+    data = load_data(p, log)
     if len(data.train_x) == 0 or len(data.test_x) == 0:
         raise utils.InputError(f"{data.name}: {len(data.train_x)} train and {len(data.test_x)} test images "
                                f"after the class filter; both splits need at least one.")
@@ -116,7 +142,8 @@ def prepare_data(p, device):
     fixed = torch.Generator().manual_seed(p['seed'])
     test_x = test_inputs(data, p).to(device)
     sample = data.train_x[torch.randperm(len(data.train_x), generator=fixed)[:64]]
-    utils.save_grid(to_input(sample, p['binarize'], p['channel'], fixed), Path(p['image_dir']) / 'Training_Data.png')
+    if distributed.rank() == 0:
+        utils.save_grid(to_input(sample, p['binarize'], p['channel'], fixed), Path(p['image_dir']) / 'Training_Data.png')
     return data, (data.train_x.to(device), data.train_y.to(device)), (test_x, data.test_y.to(device))
 
 
@@ -163,24 +190,26 @@ def restore(model, optimizer, ckpt, train_x):
 
 def run_epochs(model, optimizer, train, test, p, state, save, scorer=None):
     """Epochs state['epoch'] + 1 .. epoch_num over train and test, (images, labels) each; on SIGINT or
-    SIGTERM, saves model_interrupted and stops."""
-    train_x = train[0]
-    image_dir, steps = Path(p['image_dir']), -(-len(train_x) // p['batch_size'])
+    SIGTERM, saves model_interrupted and stops. Under torchrun only rank 0 evaluates and writes."""
+    train_x, objective, main = train[0], distributed.objective(model, train[0].device), distributed.rank() == 0
+    image_dir, steps = Path(p['image_dir']), -(-(len(train_x) // distributed.world()) // p['batch_size'])
     with utils.StopSignals() as stop:
         for epoch in range(state['epoch'] + 1, p['epoch_num'] + 1):
             if state['order'] is None:
-                state['order'] = torch.randperm(len(train_x), device=train_x.device)
+                state['order'] = distributed.same_everywhere(torch.randperm(len(train_x), device=train_x.device))
             start, first = time.perf_counter(), state['batch']
             with tqdm(total=steps, initial=state['batch'], unit='batch', desc=f"epoch {epoch}/{p['epoch_num']}",
-                      leave=False, disable=None) as bar:
+                      leave=False, disable=None if main else True) as bar:
                 model.train()
-                losses = train_steps(model, optimizer, *train, p, state, bar, stop)
-            if stop.received:
+                losses, stopped = train_steps(objective, optimizer, *train, p, state, bar, stop)
+            if stopped:
                 path = save('model_interrupted')
-                raise utils.Stopped(f"{signal.Signals(stop.received).name} at epoch {epoch}, step {state['batch']}: "
-                                    f"saved {path}. Resume with: python train.py resume={path}",
-                                    128 + stop.received)
+                signum = stop.received or signal.SIGTERM  # under torchrun, another rank's signal
+                raise utils.Stopped(f"{signal.Signals(signum).name} at epoch {epoch}, step {state['batch']}: "
+                                    f"saved {path}. Resume with: python train.py resume={path}", 128 + signum)
             state.update(epoch=epoch, batch=0, order=None)
+            if not main:
+                continue
             model.eval()
             bound, recon, kl = test_bound(model, *test, p['batch_size'])
             state['test_bounds'].append(bound)
@@ -188,7 +217,8 @@ def run_epochs(model, optimizer, train, test, p, state, save, scorer=None):
             skipped = f"  ({state['skipped']} non-finite steps skipped so far)" if state['skipped'] else ''
             print(f"epoch {epoch}/{p['epoch_num']}  train loss {sum(losses) / max(1, len(losses)):.2f}  "
                   f"test bound {bound:.2f} nats (reconstruction {recon:.2f} + KL {kl:.2f})  {seconds:.1f} s "
-                  f"({(len(train_x) - min(len(train_x), first * p['batch_size'])) / seconds:.0f} img/s){skipped}")
+                  f"({(len(train_x) - min(len(train_x), first * p['batch_size'] * distributed.world())) / seconds:.0f} "
+                  f"img/s){skipped}")
             utils.plot_losses(image_dir / 'Loss_Curve.png', state['losses'], steps, state['test_bounds'])
             if epoch % p['save_epoch'] == 0:
                 save(f'model_epoch_{epoch}')
@@ -211,25 +241,42 @@ def sample_scorer(data, train, test, p):
 
 def main(argv=None):
     p, ckpt = configure(sys.argv[1:] if argv is None else argv)
-    device = utils.pick_device(p['device'])
+    device = distributed.start(p['device'])
+    try:
+        train_on(p, ckpt, device)
+    finally:
+        distributed.stop()
+
+
+def train_on(p, ckpt, device):
     utils.seed_everything(p['seed'])
     data, train, test = prepare_data(p, device)
     model = DRAWModel(p, len(data.classes)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=p['learning_rate'], betas=(p['beta1'], 0.999))
+    optimizer = torch.optim.Adam(model.parameters(), lr=p['learning_rate'], betas=(p['beta1'], 0.999), fused=True)
     state = restore(model, optimizer, ckpt, train[0]) if ckpt else fresh_state()
 
     def save(name):
         path = Path(p['checkpoint_dir']) / name
-        utils.save_checkpoint(path, model, optimizer, p, **state, classes=data.classes, glyphs=data.glyphs, rng=utils.rng_state())
+        if distributed.rank() == 0:
+            utils.save_checkpoint(path, model, optimizer, p, **state, classes=data.classes, glyphs=data.glyphs,
+                                  rng=utils.rng_state())
         return path
 
     resumed = f", resuming after epoch {state['epoch']} step {state['batch']}" if ckpt else ''
-    print(f"Training on {device}: {sum(w.numel() for w in model.parameters()):,} parameters, "
-          f"{p['epoch_num']} epochs of {len(train[0])} images, batch {p['batch_size']}{resumed}.")
-    scorer = sample_scorer(data, train, test, p) if p['sample_scores'] else None
+    processes = f" in each of {distributed.world()} processes" if distributed.world() > 1 else ''
+    log(f"Training on {device}: {sum(w.numel() for w in model.parameters()):,} parameters, "
+        f"{p['epoch_num']} epochs of {len(train[0])} images, batch {p['batch_size']}{processes}{resumed}.")
+    if distributed.world() > 1:
+        torch.manual_seed(p['seed'] + distributed.rank())  # each process its own noise; the order is rank 0's
+    scorer = sample_scorer(data, train, test, p) if p['sample_scores'] and distributed.rank() == 0 else None
     run_epochs(model, optimizer, train, test, p, state, save, scorer)
     path = save('model_final')
-    print(f"Saved {path}. Draw with: python generate.py -load_path {path} -num_output 64")
+    log(f"Saved {path}. Draw with: python generate.py -load_path {path} -num_output 64")
+
+
+def log(message):
+    if distributed.rank() == 0:
+        print(message)
 
 
 if __name__ == '__main__':

@@ -96,6 +96,7 @@ def check_params(params):
         'test_split': (lambda v: 0 < v < 1, 'a fraction between 0 and 1'),
         'seed': (lambda v: 0 <= v < 2 ** 32, 'an integer from 0 to 2**32 - 1'),
         'binarize': (lambda v: v in ('none', 'threshold', 'sample'), "'none', 'threshold' or 'sample'"),
+        'precision': (lambda v: v in ('fp32', 'bf16'), "'fp32' or 'bf16'"),
     })
     for key, (ok, what) in rules.items():
         if key in params and not ok(params[key]):

@@ -126,7 +126,7 @@ def test_non_finite_steps_are_skipped_then_training_stops(work, monkeypatch):
     before = digest(good)
     (good.parent / 'model_final').unlink()
     nan_loss_after(monkeypatch, good_calls=0)
-    with pytest.raises(utils.Stopped, match=r'3 steps in a row with a non-finite loss .*\(epoch 2, step 3\)'):
+    with pytest.raises(utils.Stopped, match=r'3 steps in a row with a non-finite loss .*\(epoch 2, by step 3\)'):
         train_in(work, 'epoch_num=3', 'save_epoch=1', 'nonfinite_limit=3', f'resume={good}', out='good')
     assert digest(good) == before and not (good.parent / 'model_final').exists()
 

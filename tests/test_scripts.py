@@ -122,3 +122,13 @@ def test_checkpoint_saved_on_a_gpu_loads_on_a_cpu(trained, tmp_path, monkeypatch
             torch.load(tmp_path / 'from_gpu', weights_only=True)  # what a plain torch.load does here
     model, _, _ = utils.load_model(tmp_path / 'from_gpu', torch.device('cpu'))
     assert all(torch.equal(model.state_dict()[k], w) for k, w in ckpt['model'].items())
+
+
+def test_bench_prints_the_side_by_side_table(tmp_path):
+    out = run('bench.py', '--windows', '2', '--steps', '1', '--warmup', '0', 'T=2', 'enc_size=8', 'dec_size=8',
+              'batch_size=4', cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = {line.split('  ')[0]: line for line in out.stdout.splitlines()}
+    assert {'2019-style', 'train.py (fp32)', 'train.py (bf16)'} <= set(rows)
+    assert rows['2019-style'].rstrip().endswith('1.00x')
+    assert re.search(r'generation: 64 samples \+ PNG \+ GIF in \d+\.\d\d s', out.stdout)

@@ -1,0 +1,94 @@
+"""Data-parallel training under torchrun:  torchrun --standalone --nproc_per_node=K train.py [key=value ...]
+Every process holds the whole dataset and takes its shard (every K-th image) of each epoch's
+shuffled order, so batch_size is per process and a step sees K * batch_size images;
+DistributedDataParallel averages the gradients, so the processes stay identical. Only rank 0
+prints and writes files. Without torchrun every function here is the single-process identity."""
+import os
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+import utils
+
+
+def world():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank():
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def start(device_name):
+    """This process's device; under torchrun the process group is started first: NCCL with one GPU
+    per process on CUDA, gloo on the CPU with the cores shared out."""
+    device = utils.pick_device(device_name)
+    if int(os.environ.get('WORLD_SIZE', 1)) == 1:
+        return device
+    if device.type == 'cuda':
+        device = torch.device('cuda', int(os.environ['LOCAL_RANK']))
+        torch.cuda.set_device(device)
+        dist.init_process_group('nccl', device_id=device)
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', 1))))
+        dist.init_process_group('gloo')
+    return device
+
+
+def stop():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class Objective(torch.nn.Module):
+    """model.loss as a forward pass, which DistributedDataParallel needs to average gradients."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, y):
+        return self.model.loss(x, y)
+
+
+def objective(model, device):
+    """The loss function to train through: model.loss, wrapped in DDP under torchrun."""
+    wrapped = Objective(model)
+    if not dist.is_initialized():
+        return wrapped
+    return DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == 'cuda' else None)
+
+
+def shard(order):
+    """This process's part of an epoch's order: every world()-th index, the same count on every
+    rank (up to world() - 1 images of the epoch's shuffle are left out)."""
+    used = len(order) // world() * world()
+    return order[rank():used:world()]
+
+
+def same_everywhere(tensor):
+    """tensor, replaced by rank 0's (the epoch's order, so the shards partition one shuffle)."""
+    if dist.is_initialized():
+        dist.broadcast(tensor, 0)
+    return tensor
+
+
+def mean(tensor):
+    """The mean of tensor over the processes (the loss each logs)."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+        tensor = tensor / world()
+    return tensor
+
+
+def agree(flag, device, now=True):
+    """Whether to stop: in one process, flag itself; under torchrun, True on every rank when any
+    rank's flag is set, decided only at steps every rank reaches together (now)."""
+    if not dist.is_initialized():
+        return bool(flag)
+    if not now:
+        return False
+    vote = torch.tensor([float(bool(flag))], device=device)
+    dist.all_reduce(vote, op=dist.ReduceOp.MAX)
+    return bool(vote.item())
