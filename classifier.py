@@ -74,12 +74,12 @@ def of_data(data, train, test, p, log=print):
     if len(data.classes) < 2:
         raise InputError(f"{data.name} has no class labels for a classifier to learn; sample scores need them.")
     train = to_input(train[0], p['binarize'], p['channel'], torch.Generator().manual_seed(p['seed'])), train[1]
-    key = hashlib.sha256(repr((data.name, data.classes, tuple(train[0].shape), tuple(test[0].shape),
+    model = Classifier(len(data.classes), train[0].shape[-2:]).to(train[0].device)
+    key = hashlib.sha256(repr((data.name, data.classes, tuple(train[0].shape), tuple(test[0].shape), model,
                                train[1].sum().item(), float(train[0].sum()))).encode()).hexdigest()[:16]
     path = Path(p['cache_dir']) / f'classifier-{key}.pt'
     if path.is_file():
         saved = torch.load(path, map_location=train[0].device, weights_only=True)
-        model = Classifier(len(data.classes), train[0].shape[-2:]).to(train[0].device)
         model.load_state_dict(saved['model'])
         return model.eval(), saved['accuracy']
     model, accuracy = train_classifier(train, test, len(data.classes), log=log)

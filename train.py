@@ -174,7 +174,9 @@ def restore(model, optimizer, ckpt, train_x):
     """The training state saved in ckpt, loaded into model, optimizer and every random generator."""
     try:
         model.load_state_dict(ckpt['model'])
-        optimizer.load_state_dict(ckpt['optimizer'])
+        saved = ckpt['optimizer']  # its groups' implementation flags (unfused before this version) yield to ours
+        flags = [{k: v for k, v in group.items() if k in ('fused', 'foreach', 'capturable')} for group in optimizer.param_groups]
+        optimizer.load_state_dict({**saved, 'param_groups': [{**g, **f} for g, f in zip(saved['param_groups'], flags)]})
         utils.set_rng_state(ckpt['rng'])
         state = {k: ckpt[k] for k in fresh_state()}
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:

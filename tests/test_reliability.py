@@ -53,6 +53,18 @@ def test_resume_equals_an_uninterrupted_run(work):
     assert_same_training(load(straight / 'model_final'), load(first / 'model_final'))
 
 
+def test_resume_from_a_checkpoint_of_the_unfused_optimizer(work):
+    """Checkpoints written before the fused step hold an unfused Adam's groups; they resume alike."""
+    first = train_in(work, 'epoch_num=1', out='old') / 'model_final'
+    ckpt = load(first)
+    for group in ckpt['optimizer']['param_groups']:
+        group.update(fused=None, foreach=None)
+    ckpt['optimizer']['state'] = {k: {**s, 'step': s['step'].reshape(())} for k, s in ckpt['optimizer']['state'].items()}
+    torch.save(ckpt, first)
+    resumed = load(train_in(work, 'epoch_num=2', f'resume={first}', out='old') / 'model_final')
+    assert resumed['epoch'] == 2 and all(g['fused'] for g in resumed['optimizer']['param_groups'])
+
+
 def test_resume_keeps_the_model_and_refuses_foreign_checkpoints(work):
     ckpt = train_in(work, 'epoch_num=1') / 'model_final'
     with pytest.raises(utils.InputError, match=r"remove dec_size=16 \(checkpoint: 12\)"):
