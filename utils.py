@@ -85,7 +85,8 @@ def parse_value(key, text, default):
 def check_params(params):
     """Values out of range fail here, once, naming the key (types are checked by apply_overrides)."""
     rules = {key: (lambda v: v >= 1, 'at least 1') for key in
-             ('T', 'batch_size', 'A', 'B', 'z_size', 'enc_size', 'dec_size', 'epoch_num', 'save_epoch')}
+             ('T', 'batch_size', 'A', 'B', 'z_size', 'enc_size', 'dec_size', 'epoch_num', 'save_epoch',
+              'nonfinite_limit')}
     rules.update({
         'read_N': (lambda v: v >= 2 or not params['read_attn'], 'at least 2 with read attention'),
         'write_N': (lambda v: v >= 2 or not params['write_attn'], 'at least 2 with write attention'),

@@ -73,6 +73,8 @@ def test_generate_rejects_bad_flags(args, message, capsys):
     ('read_attn=maybe', "read_attn='maybe': expected bool"),
     ('learning_rate=fast', "learning_rate='fast': expected float"),
     ('T=0', 'T=0: must be at least 1'),
+    ('nonfinite_limit=0', 'nonfinite_limit=0: must be at least 1'),
+    ('precision=fp16', "precision='fp16': must be 'fp32' or 'bf16'"),
     ('write_N=1', 'write_N=1: must be at least 2'),
     ('binarize=yes', "binarize='yes': must be 'none', 'threshold' or 'sample'"),
     ('test_split=1.5', 'test_split=1.5: must be a fraction'),
