@@ -177,15 +177,19 @@ class DRAWModel(nn.Module):
             zs.append(z)
         return torch.stack(canvases), torch.stack(mus), torch.stack(log_sigmas), torch.stack(zs)
 
-    def loss(self, x, y=None):
-        """Negative ELBO in nats per image (averaged over the batch), with its two terms.
+    def elbo_terms(self, x, y=None):
+        """Per image, nats: the reconstruction -log D(x | c_T), a Bernoulli with logits c_T summed
+        over pixels (Eq. 9), (n,); the KL(N(mu, sigma) || N(0, 1)) of every glimpse (Eqs. 10-11),
+        (T, n); and the posterior's (mu, log_sigma, z), (T, n, z_size) each."""
+        canvases, mu, log_sigma, z = self(x, y)
+        recon = F.binary_cross_entropy_with_logits(canvases[-1], x, reduction='none').flatten(1).sum(1)  # Eq. 9
+        kl = 0.5 * (mu ** 2 + torch.exp(2 * log_sigma) - 2 * log_sigma - 1).sum(2)  # Eq. 11
+        return recon, kl, (mu, log_sigma, z)
 
-        Reconstruction: -log D(x | c_T), a Bernoulli with logits c_T summed over pixels (Eq. 9).
-        Latent: sum over glimpses of KL(N(mu, sigma) || N(0, 1)) (Eqs. 10-11).
-        """
-        canvases, mu, log_sigma, _ = self(x, y)
-        recon = F.binary_cross_entropy_with_logits(canvases[-1], x, reduction='sum') / x.size(0)  # Eq. 9
-        kl = 0.5 * (mu ** 2 + torch.exp(2 * log_sigma) - 2 * log_sigma - 1).sum() / x.size(0)  # Eq. 11
+    def loss(self, x, y=None):
+        """Negative ELBO in nats per image (averaged over the batch), with its two terms (Eq. 12)."""
+        recon, kl, _ = self.elbo_terms(x, y)
+        recon, kl = recon.mean(), kl.sum(0).mean()
         return recon + kl, recon, kl  # Eq. 12
 
     @torch.no_grad()

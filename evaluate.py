@@ -11,7 +11,6 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import classifier
 import train
@@ -42,12 +41,9 @@ def parse_args(argv=None):
 
 @torch.no_grad()
 def log_weights(model, x, y):
-    """One posterior sample z ~ q(z | x) per image: log p(x | z) + log p(z) - log q(z | x), (n,), and
-    the two terms of the ELBO, the reconstruction -log p(x | z) (n,) and the exact KL of each glimpse
-    (T, n) (Eqs. 9-11)."""
-    canvases, mu, log_sigma, z = model(x, y)
-    recon = F.binary_cross_entropy_with_logits(canvases[-1], x, reduction='none').flatten(1).sum(1)  # Eq. 9
-    kl = 0.5 * (mu ** 2 + torch.exp(2 * log_sigma) - 2 * log_sigma - 1).sum(2)  # Eq. 11, per glimpse
+    """One posterior sample z ~ q(z | x) per image: log p(x | z) + log p(z) - log q(z | x), (n,), with
+    the ELBO's terms, the reconstruction (n,) and the KL of each glimpse (T, n)."""
+    recon, kl, (mu, log_sigma, z) = model.elbo_terms(x, y)
     eps = (z - mu) / torch.exp(log_sigma)
     log_q_over_p = (-log_sigma - eps ** 2 / 2 + z ** 2 / 2).sum((0, 2))  # log N(z; mu, sigma) - log N(z; 0, 1)
     return -recon - log_q_over_p, recon, kl
