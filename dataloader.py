@@ -453,4 +453,5 @@ def load_data_for(params, classes, data_path=None, log=print):
     for x, y in ((data.train_x, data.train_y), (data.test_x, data.test_y)):
         keep = remap[y] >= 0
         split += [x[keep], remap[y[keep]]]
-    return Dataset(*split, list(classes), glyphs_of(classes, data.name), data.name)
+    glyph = {canonical(c): g for c, g in zip(data.classes, data.glyphs)}
+    return Dataset(*split, list(classes), [glyph.get(canonical(c), '') for c in classes], data.name)
