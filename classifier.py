@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import utils
-from dataloader import to_input
+from dataloader import model_inputs
 from utils import InputError
 
 CONFIDENT = 0.9  # a sample counts as recognisable when the classifier gives one class this probability
@@ -73,7 +73,7 @@ def of_data(data, train, test, p, log=print):
     test as model inputs), trained on first use and cached in p['cache_dir']."""
     if len(data.classes) < 2:
         raise InputError(f"{data.name} has no class labels for a classifier to learn; sample scores need them.")
-    train = to_input(train[0], p['binarize'], p['channel'], torch.Generator().manual_seed(p['seed'])), train[1]
+    train = model_inputs(train[0], p), train[1]
     model = Classifier(len(data.classes), train[0].shape[-2:]).to(train[0].device)
     key = hashlib.sha256(repr((data.name, data.classes, tuple(train[0].shape), tuple(test[0].shape), model,
                                train[1].sum().item(), float(train[0].sum()))).encode()).hexdigest()[:16]
@@ -99,18 +99,19 @@ def frechet_distance(f1, f2):
     return ((m1 - m2) ** 2).sum().item() + (s1.trace() + s2.trace() - 2 * cross).item()
 
 
+@torch.no_grad()
 def scores(model, images, reference):
     """What the classifier makes of images (n, C, B, A) in [0, 1]: the share it is confident about,
     how many classes appear among them and the entropy of their class histogram, and the Fréchet
-    distance of their features to those of the reference images (real test images)."""
-    logits = apply(model, images)
-    probs = logits.softmax(1)
+    distance of their features to reference, the features (model.features) of real test images."""
+    features = apply(model.features, images)
+    probs = model.out(features).softmax(1)  # model(images) in eval mode, from the features
     counts = torch.bincount(probs.argmax(1), minlength=probs.shape[1]).double()
     share = counts[counts > 0] / counts.sum()
     return {'recognisable': (probs.max(1).values >= CONFIDENT).double().mean().item(),
             'classes': int((counts > 0).sum()),
             'entropy': (-(share * share.log()).sum()).clamp(min=0).item(),
-            'frechet': frechet_distance(apply(model.features, images), apply(model.features, reference)),
+            'frechet': frechet_distance(features, reference),
             'predicted': probs.argmax(1)}
 
 
@@ -121,7 +122,7 @@ def sample_scores(model, clf, test_x, n, generator):
     the class asked for, per class."""
     n = min(n, len(test_x) // 2)
     shuffled = test_x[torch.randperm(len(test_x), generator=torch.Generator().manual_seed(0)).to(test_x.device)]
-    real, reference = shuffled[:n], shuffled[n:]  # test splits may be sorted by class
+    real, reference = shuffled[:n], apply(clf.features, shuffled[n:])  # test splits may be sorted by class
     labels = torch.arange(n, device=test_x.device) % model.num_classes if model.num_classes else None
     samples = model.generate(n, labels, generator=generator)[-1]
     found = {'samples': scores(clf, samples, reference), 'real': scores(clf, real, reference)}

@@ -432,6 +432,12 @@ def to_input(x, binarize, channel, generator=None):
     return x.expand(-1, channel, -1, -1)
 
 
+def model_inputs(x, p):
+    """uint8 images as the model sees them, binarized once with the run's seed: the same test images
+    in every run, in train.py and in evaluate.py."""
+    return to_input(x, p['binarize'], p['channel'], torch.Generator().manual_seed(p['seed']))
+
+
 def load_data_for(params, classes, data_path=None, log=print):
     """The data a checkpoint is scored or redrawn on: its own (params' dataset, data_path, classes
     and split), or the source at data_path (any format load_data reads), all its classes. A

@@ -15,7 +15,7 @@ import torch
 import classifier
 import train
 import utils
-from dataloader import load_data_for
+from dataloader import load_data_for, model_inputs
 
 
 def parse_args(argv=None):
@@ -74,7 +74,7 @@ def main(argv=None):
     data = load_data_for(params, ckpt.get('classes') or [], args.data)
     if len(data.test_x) == 0:
         raise utils.InputError(f"{data.name}: its test split is empty; nothing to evaluate.")
-    test_x, test_y = train.test_inputs(data, params).to(device), data.test_y.to(device)
+    test_x, test_y = model_inputs(data.test_x, params).to(device), data.test_y.to(device)
     torch.manual_seed(args.seed)
     found = bounds(model, test_x, test_y if model.num_classes else None, args.k)
     dims = test_x[0].numel()

@@ -12,7 +12,7 @@ from tqdm import tqdm
 import classifier
 import distributed
 import utils
-from dataloader import load_data, to_input
+from dataloader import load_data, model_inputs, to_input
 from draw_model import DRAWModel
 
 params = {
@@ -123,12 +123,6 @@ def test_bound(model, test_x, test_y, batch_size):
     return (total / len(test_x)).tolist()
 
 
-def test_inputs(data, p):
-    """The test images as the model sees them, binarized once with the run's seed: the same in every
-    run, and in evaluate.py."""
-    return to_input(data.test_x, p['binarize'], p['channel'], torch.Generator().manual_seed(p['seed']))
-
-
 def prepare_data(p, device):
     """The dataset on the device: (images, labels) of train, images as uint8, and of test, images as
     model inputs (binarized once, seeded)."""
@@ -140,7 +134,7 @@ def prepare_data(p, device):
         raise utils.InputError(f"conditional=True: {data.name} has {len(data.classes)} class; a class-conditional "
                                f"model needs labelled data with at least two classes.")
     fixed = torch.Generator().manual_seed(p['seed'])
-    test_x = test_inputs(data, p).to(device)
+    test_x = model_inputs(data.test_x, p).to(device)
     sample = data.train_x[torch.randperm(len(data.train_x), generator=fixed)[:64]]
     if distributed.rank() == 0:
         utils.save_grid(to_input(sample, p['binarize'], p['channel'], fixed), Path(p['image_dir']) / 'Training_Data.png')

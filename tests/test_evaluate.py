@@ -71,7 +71,7 @@ def test_scores_count_confidence_classes_and_entropy():
     with torch.no_grad():
         model.out.weight.zero_()
         model.out.bias.copy_(torch.tensor([0.0, 5.0, 0.0]))  # every image: class 1, p = 0.987
-    found = classifier.scores(model, images, torch.rand(5, 1, 8, 8))
+    found = classifier.scores(model, images, model.features(torch.rand(5, 1, 8, 8)))
     assert found['recognisable'] == 1 and found['classes'] == 1 and found['entropy'] == 0
     assert found['predicted'].tolist() == [1] * 6 and found['frechet'] > 0
 
