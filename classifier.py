@@ -1,6 +1,9 @@
 """Sample quality where no likelihood comparison exists: a small CNN trained to recognise a
 dataset's classes, and the scores it gives a set of images (generated samples, or real test images
-for the ceiling). The CNN is trained once per dataset and cached beside the decoded data."""
+for the ceiling). Beside the data's classes it learns one more, "no character": averages of several
+images, heavy blurs, noise and flat fields, which is what a collapsed or unfinished model draws; a
+classifier without it is confidently wrong on such images. The CNN is trained once per dataset and
+cached beside the decoded data."""
 import hashlib
 import math
 from pathlib import Path
@@ -8,17 +11,20 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.transforms.functional import gaussian_blur
 
 import utils
 from dataloader import model_inputs
 from utils import InputError
 
 CONFIDENT = 0.9  # a sample counts as recognisable when the classifier gives one class this probability
+VERSION = 2  # of the training recipe, in the cache key: 2 added the "no character" class
 
 
 class Classifier(nn.Module):
     """Three conv blocks and a 128-unit feature layer (the Fréchet distance's features); about
-    5 MFLOP per 32x32 image, so it trains in a minute or two on a CPU."""
+    5 MFLOP per 32x32 image, so it trains in a minute or two on a CPU. Its last output is the
+    "no character" class."""
 
     def __init__(self, num_classes, size):
         super().__init__()
@@ -27,7 +33,7 @@ class Classifier(nn.Module):
             nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
         self.fc = nn.Linear(64 * (size[0] // 8) * (size[1] // 8), 128)
-        self.out = nn.Linear(128, num_classes)
+        self.out = nn.Linear(128, num_classes + 1)
         self.dropout = nn.Dropout(0.3)
 
     def features(self, x):
@@ -44,8 +50,29 @@ def apply(fn, x, batch_size=500):
     return torch.cat([fn(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
+def blur(x, sigma):
+    return gaussian_blur(x, 2 * math.ceil(3 * sigma) + 1, sigma)
+
+
+def no_character(x, n):
+    """n images (n, C, B, A) that show no character, made from real images x in [0, 1]: the mean
+    of 2-32 of them (the average glyph a collapsed model draws), blurs with sigma 2-4 pixels,
+    noise (uniform, sparse dots, blurred dots) and flat grey, a quarter each."""
+    q, shape = -(-n // 4), (-(-n // 4),) + x.shape[1:]
+    k = torch.randint(2, 33, (q, 1))
+    weights = ((torch.arange(32) < k).float() / k).to(x.device)  # (q, 32): the first k of 32 drawn images
+    means = torch.einsum('qk,qkcba->qcba', weights, x[torch.randint(len(x), (q, 32), device=x.device)])
+    blurs = blur(x[torch.randint(len(x), (q,), device=x.device)], 2 + 2 * torch.rand(()).item())
+    kind = torch.randint(3, (q, 1, 1, 1))
+    dots = torch.bernoulli(torch.rand(q, 1, 1, 1) * 0.3 * torch.ones(shape))
+    noise = torch.where(kind == 0, torch.rand(shape), torch.where(kind == 1, dots, (4 * blur(dots, 1.0)).clamp(max=1)))
+    flat = (torch.rand(q, 1, 1, 1) * 0.6).expand(shape)
+    return torch.cat((means, blurs, noise.to(x.device), flat.to(x.device)))[:n].clamp(0, 1)
+
+
 def train_classifier(train, test, num_classes, epochs=6, seed=0, log=print):
-    """A Classifier fitted to train (images in [0, 1], labels), with its accuracy on test."""
+    """A Classifier fitted to train (images in [0, 1], labels) and, as class num_classes, to
+    no_character images (a quarter of each batch), with its accuracy on test."""
     (x, y), device = train, train[0].device
     torch.manual_seed(seed)
     model = Classifier(num_classes, x.shape[-2:]).to(device)
@@ -56,7 +83,10 @@ def train_classifier(train, test, num_classes, epochs=6, seed=0, log=print):
         model.train()
         for batch in torch.randperm(len(x), device=device).split(128):
             shift = torch.randint(-2, 3, (2,)).tolist()  # small translations: samples are rarely centred alike
-            loss = F.cross_entropy(model(x[batch].roll(shift, dims=(2, 3))), y[batch])
+            junk = no_character(x, len(batch) // 4)
+            images = torch.cat((x[batch], junk)).roll(shift, dims=(2, 3))
+            labels = torch.cat((y[batch], torch.full((len(junk),), num_classes, device=device)))
+            loss = F.cross_entropy(model(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -75,7 +105,7 @@ def of_data(data, train, test, p, log=print):
         raise InputError(f"{data.name} has no class labels for a classifier to learn; sample scores need them.")
     train = model_inputs(train[0], p), train[1]
     model = Classifier(len(data.classes), train[0].shape[-2:]).to(train[0].device)
-    key = hashlib.sha256(repr((data.name, data.classes, tuple(train[0].shape), tuple(test[0].shape), model,
+    key = hashlib.sha256(repr((VERSION, data.name, data.classes, tuple(train[0].shape), tuple(test[0].shape), model,
                                train[1].sum().item(), float(train[0].sum()))).encode()).hexdigest()[:16]
     path = Path(p['cache_dir']) / f'classifier-{key}.pt'
     if path.is_file():
@@ -101,29 +131,32 @@ def frechet_distance(f1, f2):
 
 @torch.no_grad()
 def scores(model, images, reference):
-    """What the classifier makes of images (n, C, B, A) in [0, 1]: the share it is confident about,
-    how many classes appear among them and the entropy of their class histogram, and the Fréchet
-    distance of their features to reference, the features (model.features) of real test images."""
+    """What the classifier makes of images (n, C, B, A) in [0, 1]: the share it is confident shows
+    one of the data's classes, the share it takes for no character, how many classes appear among
+    the rest and the entropy of their class histogram, and the Fréchet distance of their features
+    to reference, the features (model.features) of real images."""
     features = apply(model.features, images)
     probs = model.out(features).softmax(1)  # model(images) in eval mode, from the features
-    counts = torch.bincount(probs.argmax(1), minlength=probs.shape[1]).double()
+    predicted, k = probs.argmax(1), probs.shape[1] - 1  # class k: no character
+    counts = torch.bincount(predicted[predicted < k], minlength=k).double()
     share = counts[counts > 0] / counts.sum()
-    return {'recognisable': (probs.max(1).values >= CONFIDENT).double().mean().item(),
+    return {'recognisable': (probs[:, :k].max(1).values >= CONFIDENT).double().mean().item(),
+            'no_character': (predicted == k).double().mean().item(),
             'classes': int((counts > 0).sum()),
             'entropy': (-(share * share.log()).sum()).clamp(min=0).item(),
             'frechet': frechet_distance(features, reference),
-            'predicted': probs.argmax(1)}
+            'predicted': predicted}
 
 
 @torch.no_grad()
-def sample_scores(model, clf, test_x, n, generator):
-    """The classifier's scores of n samples and of n real test images (the ceiling), both against
-    the rest of the test images; and, for a conditional model, the share of samples recognised as
-    the class asked for, per class."""
-    n = min(n, len(test_x) // 2)
-    shuffled = test_x[torch.randperm(len(test_x), generator=torch.Generator().manual_seed(0)).to(test_x.device)]
+def sample_scores(model, clf, real_x, n, generator):
+    """The classifier's scores of n samples and of n real images (the ceiling), both against the
+    rest of real_x; and, for a conditional model, the share of samples recognised as the class
+    asked for, per class."""
+    n = min(n, len(real_x) // 2)
+    shuffled = real_x[torch.randperm(len(real_x), generator=torch.Generator().manual_seed(0)).to(real_x.device)]
     real, reference = shuffled[:n], apply(clf.features, shuffled[n:])  # test splits may be sorted by class
-    labels = torch.arange(n, device=test_x.device) % model.num_classes if model.num_classes else None
+    labels = torch.arange(n, device=real_x.device) % model.num_classes if model.num_classes else None
     samples = model.generate(n, labels, generator=generator)[-1]
     found = {'samples': scores(clf, samples, reference), 'real': scores(clf, real, reference)}
     if labels is not None:
@@ -132,16 +165,17 @@ def sample_scores(model, clf, test_x, n, generator):
     return found
 
 
-def score_lines(found, classes, accuracy):
-    """The scores as a short table."""
+def score_lines(found, classes, accuracy, real='real test'):
+    """The scores as a short table; accuracy: the classifier's on its own test split."""
     s, r = found['samples'], found['real']
     lines = [f"Sample quality, by a CNN trained on the training split ({100 * accuracy:.1f}% right on the test split):",
-             f"  {'':30}{'samples':>10}{'real test':>12}",
+             f"  {'':30}{'samples':>10}{real:>12}",
              f"  {'recognisable (p >= 0.9)':30}{100 * s['recognisable']:>9.1f}%{100 * r['recognisable']:>11.1f}%",
+             f"  {'no character':30}{100 * s['no_character']:>9.1f}%{100 * r['no_character']:>11.1f}%",
              f"  {'classes present':30}{s['classes']:>7}/{len(classes):<2}{r['classes']:>9}/{len(classes):<2}",
              f"  {'class entropy (nats)':30}{s['entropy']:>10.3f}{r['entropy']:>12.3f}   (uniform: "
              f"{math.log(len(classes)):.3f})",
-             f"  {'Frechet distance':30}{s['frechet']:>10.2f}{r['frechet']:>12.2f}   (to other real test images)"]
+             f"  {'Frechet distance':30}{s['frechet']:>10.2f}{r['frechet']:>12.2f}   (to other real images)"]
     if 'per_class' in found:
         mean = sum(found['per_class']) / len(classes)
         lines.append(f"  conditional samples recognised as the class asked for: {100 * mean:.1f}% on average; "

@@ -432,26 +432,54 @@ def to_input(x, binarize, channel, generator=None):
     return x.expand(-1, channel, -1, -1)
 
 
+def mean_image(x, p):
+    """The per-pixel mean of uint8 images x as the model sees them (for binarize=sample, its
+    expectation), (channel, B, A)."""
+    binarize = 'threshold' if p['binarize'] == 'threshold' else 'none'
+    return sum(to_input(chunk, binarize, p['channel']).sum(0) for chunk in x.split(4096)) / len(x)
+
+
 def model_inputs(x, p):
     """uint8 images as the model sees them, binarized once with the run's seed: the same test images
     in every run, in train.py and in evaluate.py."""
     return to_input(x, p['binarize'], p['channel'], torch.Generator().manual_seed(p['seed']))
 
 
-def load_data_for(params, classes, data_path=None, log=print):
-    """The data a checkpoint is scored or redrawn on: its own (params' dataset, data_path, classes
-    and split), or the source at data_path (any format load_data reads), all its classes. A
-    conditional model's labels are matched to its classes by name; images of others are left out."""
-    if data_path is None:
-        return load_data(params, log)
+def class_map(names, classes):
+    """For each name, its index among classes matched by canonical name, or -1; a tensor."""
+    index = {canonical(c): i for i, c in enumerate(classes)}
+    return torch.tensor([index.get(canonical(c), -1) for c in names], dtype=torch.long)
+
+
+def load_source(params, data_path, log=print):
+    """The source at data_path, any format load_data reads, all its classes, as a Dataset."""
     kind, where = find_source('auto', Path(data_path))
     if kind == 'builtin':
         raise InputError(f"-data {data_path}: {where}; give a .csv file or a folder in a layout data/README.md lists.")
-    data = load_data({**params, 'dataset': 'auto', 'data_path': data_path, 'classes': 'all'}, log)
+    return load_data({**params, 'dataset': 'auto', 'data_path': data_path, 'classes': 'all'}, log)
+
+
+def load_file(params, classes, data_path, log=print):
+    """Every image of the source at data_path (both splits: a held-out file is scored whole), uint8,
+    with labels matched to classes by name (-1 where its class is not among them); its name; and
+    its class names that are not among classes."""
+    data = load_source(params, data_path, log)
+    remap = class_map(data.classes, classes)
+    y = remap[torch.cat((data.train_y, data.test_y))]
+    unmatched = [c for c, i in zip(data.classes, remap.tolist()) if i < 0]
+    return torch.cat((data.train_x, data.test_x)), y, data.name, unmatched
+
+
+def load_data_for(params, classes, data_path=None, log=print):
+    """The data a checkpoint is redrawn on: its own (params' dataset, data_path, classes and split),
+    or the source at data_path, all its classes. A conditional model's labels are matched to its
+    classes by name; images of others are left out."""
+    if data_path is None:
+        return load_data(params, log)
+    data = load_source(params, data_path, log)
     if not params['conditional']:
         return data
-    index = {canonical(c): i for i, c in enumerate(classes)}
-    remap = torch.tensor([index.get(canonical(c), -1) for c in data.classes])
+    remap = class_map(data.classes, classes)
     if (remap < 0).all():
         raise InputError(f"{data_path}: none of its classes ({', '.join(data.classes[:6])}...) is one the model "
                          f"was trained on ({', '.join(classes[:6])}...); a conditional model needs its own classes.")

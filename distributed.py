@@ -42,18 +42,18 @@ def stop():
 
 
 class Objective(torch.nn.Module):
-    """model.loss as a forward pass, which DistributedDataParallel needs to average gradients."""
+    """model.objective as a forward pass, which DistributedDataParallel needs to average gradients."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, x, y):
-        return self.model.loss(x, y)
+    def forward(self, x, y, kl_weight=1.0, free_bits=0.0):
+        return self.model.objective(x, y, kl_weight, free_bits)
 
 
 def objective(model, device):
-    """The loss function to train through: model.loss, wrapped in DDP under torchrun."""
+    """The loss function to train through: model.objective, wrapped in DDP under torchrun."""
     wrapped = Objective(model)
     if not dist.is_initialized():
         return wrapped

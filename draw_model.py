@@ -51,6 +51,10 @@ class DRAWModel(nn.Module):
             self.register_buffer(f'{name}_offsets', torch.arange(first, first + N) - N / 2 - 0.5, persistent=False)
         self.register_buffer('pixels_a', torch.arange(first, first + self.A, dtype=torch.float), persistent=False)
         self.register_buffer('pixels_b', torch.arange(first, first + self.B, dtype=torch.float), persistent=False)
+        # c_0, the canvas before the first glimpse: a learned per-pixel bias (set from the data by
+        # init_canvas), or the constant 0 of the 2019 code (and layout), grey sigmoid(0) = 0.5 everywhere.
+        learned = params.get('canvas_bias') and not self.original_layout
+        self.canvas_bias = nn.Parameter(torch.zeros(self.C, self.B, self.A)) if learned else None
 
     # -- attention --------------------------------------------------------------------------------
     def attention_layer(self, dec_size, N):
@@ -115,6 +119,15 @@ class DRAWModel(nn.Module):
         shift = offsets.mean() * delta - self.pixels_a[0]  # the filters' mean (Eqs. 19-20); pixel 1 -> 0
         return torch.cat((gx + shift, gy + shift, offsets.numel() * delta), dim=1)
 
+    @torch.no_grad()
+    def init_canvas(self, mean, eps=1e-3):
+        """c_0 := the logit of the data's per-pixel mean (C, B, A), so that the first glimpse starts
+        from the average image: on black-background handwriting a grey c_0 costs ~700 nats that the
+        writes must first cancel with large patches, which makes the loss stiff in the attention
+        parameters (README, "Training recipe")."""
+        mean = mean.clamp(eps, 1 - eps)
+        self.canvas_bias.copy_(torch.log(mean) - torch.log1p(-mean))
+
     # -- read and write ---------------------------------------------------------------------------
     def read(self, x, x_hat, h_dec_prev):
         """r_t, (n, 2*C*N*N): the glimpses of x and of the error image x_hat."""
@@ -137,8 +150,10 @@ class DRAWModel(nn.Module):
 
     # -- the recurrence ---------------------------------------------------------------------------
     def initial_state(self, n, device):
-        """The canvas c_0 and the encoder's and decoder's (h, cell) states: all zeros."""
-        canvas = torch.zeros(n, self.C, self.B, self.A, device=device)
+        """The canvas c_0 (the learned bias, or zeros) and the encoder's and decoder's (h, cell)
+        states (zeros)."""
+        canvas = torch.zeros(n, self.C, self.B, self.A, device=device) if self.canvas_bias is None \
+            else self.canvas_bias.expand(n, -1, -1, -1)
         enc = torch.zeros(n, self.encoder.hidden_size, device=device)
         dec = torch.zeros(n, self.decoder.hidden_size, device=device)
         return canvas, (enc, enc), (dec, dec)
@@ -191,6 +206,15 @@ class DRAWModel(nn.Module):
         recon, kl, _ = self.elbo_terms(x, y)
         recon, kl = recon.mean(), kl.sum(0).mean()
         return recon + kl, recon, kl  # Eq. 12
+
+    def objective(self, x, y=None, kl_weight=1.0, free_bits=0.0):
+        """(what training minimises, the negative ELBO of Eq. 12), nats per image averaged over the
+        batch. The first weighs the KL by kl_weight (KL warm-up: Bowman et al. 2016, Sønderby et al.
+        2016) and counts each glimpse's batch-mean KL as at least free_bits nats (free bits: Kingma
+        et al. 2016, IAF); both shape the gradient only, and at (1, 0) the two values are equal."""
+        recon, kl, _ = self.elbo_terms(x, y)
+        recon, kl = recon.mean(), kl.mean(1)  # (T,): each glimpse's KL
+        return recon + kl_weight * kl.clamp(min=free_bits).sum(), recon + kl.sum()
 
     @torch.no_grad()
     def generate(self, n, y=None, T=None, generator=None, windows=None):

@@ -1,10 +1,10 @@
-"""Measure what a DRAW checkpoint learned, on the test split of its own data or of any source the
-loader reads:
+"""Measure what a DRAW checkpoint learned, on the test split of its own data, or on every image of
+a held-out file or folder (-data, any format the loader reads):
     python evaluate.py -load_path checkpoint/model_final [-data PATH] [-k 50] [-num_samples 1000]
 prints the negative ELBO in nats per image (reconstruction + KL, and the KL of every glimpse), the
 importance-weighted bound with K samples (Burda et al. 2015, closer to -log p(x)), bits per
-dimension, and sample-quality scores from a small CNN trained on the data's training split
-(classifier.py); writes kl_per_glimpse.png.
+dimension, and sample-quality scores from a small CNN trained on the checkpoint's own training split
+(classifier.py), with the scored images as the real-image ceiling; writes kl_per_glimpse.png.
 """
 import argparse
 import math
@@ -15,14 +15,14 @@ import torch
 import classifier
 import train
 import utils
-from dataloader import load_data_for, model_inputs
+from dataloader import load_data, load_file, model_inputs
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('-load_path', required=True, help='checkpoint file, e.g. checkpoint/model_final')
-    parser.add_argument('-data', help="a dataset to score (file or folder, any format the loader reads; "
-                                      "default: the checkpoint's own test split)")
+    parser.add_argument('-data', help="a held-out dataset to score, every image in it (file or folder, any format "
+                                      "the loader reads; default: the checkpoint's own test split)")
     parser.add_argument('-k', type=int, default=50, help='importance samples per image for the IWAE bound (default 50)')
     parser.add_argument('-num_samples', type=int, default=1000,
                         help='generated samples scored by the classifier (default 1000; 0 skips the scores)')
@@ -66,19 +66,59 @@ def bounds(model, x, y, k, batch_size=2048):
             'elbo': recon / len(x) + kl.sum().item()}
 
 
+def scored_images(params, classes, conditional, path):
+    """(uint8 images, labels matched to the checkpoint's classes, -1 where none, a description): the
+    test split of the checkpoint's own data, or every image at path. A conditional model needs its
+    classes: images of others are left out, and said so."""
+    if path is None:
+        data = load_data(params)
+        return data.test_x, data.test_y, f"the test split of {data.name}"
+    x, y, name, unmatched = load_file(params, classes, path)
+    if unmatched:
+        left = f"{(y < 0).sum()} images left out" if conditional else "scored, but not by class"
+        print(f"{path}: {len(unmatched)} of its classes are not the model's ({', '.join(unmatched[:8])}"
+              f"{', ...' if len(unmatched) > 8 else ''}): {left}.")
+    if conditional:
+        if (y < 0).all():
+            raise utils.InputError(f"{path}: none of its classes is one the conditional model was trained on "
+                                   f"({', '.join(classes[:6])}...).")
+        x, y = x[y >= 0], y[y >= 0]
+    return x, y, f"every image of {name}"
+
+
+def sample_quality(model, params, x, y, args, device):
+    """The classifier's lines for samples and for the real images x (model inputs, labels y)."""
+    try:
+        own = load_data(params, log=lambda _: None)
+    except utils.InputError as e:
+        return [f"Sample quality: skipped, the checkpoint's training data is needed for its classifier ({e})"]
+    if len(own.classes) < 2:
+        return [f"Sample quality: skipped, {own.name} has no class labels for a classifier to learn."]
+    clf, accuracy = classifier.of_data(own, (own.train_x.to(device), own.train_y.to(device)),
+                                       (model_inputs(own.test_x, params).to(device), own.test_y.to(device)), params)
+    generator = torch.Generator(device).manual_seed(args.seed)
+    lines = classifier.score_lines(classifier.sample_scores(model, clf, x, args.num_samples, generator), own.classes,
+                                   accuracy, 'real test' if args.data is None else 'real (file)')
+    if args.data is not None and (y >= 0).any():
+        right = (classifier.apply(clf, x[y >= 0]).argmax(1) == y[y >= 0]).double().mean().item()
+        lines.append(f"  the classifier is {100 * right:.1f}% right on the file's {int((y >= 0).sum())} images "
+                     f"of its classes")
+    return lines
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = utils.pick_device(args.device)
     model, params, ckpt = utils.load_model(args.load_path, device)
     params = {**train.params, **params}  # 2019 checkpoints name no data settings: the defaults
-    data = load_data_for(params, ckpt.get('classes') or [], args.data)
-    if len(data.test_x) == 0:
-        raise utils.InputError(f"{data.name}: its test split is empty; nothing to evaluate.")
-    test_x, test_y = model_inputs(data.test_x, params).to(device), data.test_y.to(device)
+    x, y, where = scored_images(params, ckpt.get('classes') or [], bool(model.num_classes), args.data)
+    if len(x) == 0:
+        raise utils.InputError(f"{where}: no images; nothing to evaluate.")
+    x, y = model_inputs(x, params).to(device), y.to(device)
     torch.manual_seed(args.seed)
-    found = bounds(model, test_x, test_y if model.num_classes else None, args.k)
-    dims = test_x[0].numel()
-    print(f"{args.load_path} on the test split of {data.name}: {len(test_x)} images, {dims} dimensions each")
+    found = bounds(model, x, y if model.num_classes else None, args.k)
+    dims = x[0].numel()
+    print(f"{args.load_path} on {where}: {len(x)} images, {dims} dimensions each")
     print(f"  negative ELBO      {found['elbo']:8.2f} nats per image (reconstruction {found['recon']:.2f} "
           f"+ KL {found['kl']:.2f}), averaged over {args.k} posterior samples")
     print(f"  IWAE bound, k={args.k:<4}{found['iwae']:8.2f} nats per image (an upper bound on -log p(x), "
@@ -89,15 +129,8 @@ def main(argv=None):
     path = Path(args.out_dir) / 'kl_per_glimpse.png'
     utils.plot_kl(path, found['kl_t'], f"{Path(args.load_path).name}: KL per glimpse, {found['kl']:.1f} nats in all")
     print(f"  wrote {path}")
-    if not args.num_samples:
-        return
-    if len(data.classes) < 2:
-        print(f"Sample quality: skipped, {data.name} has no class labels for a classifier to learn.")
-        return
-    clf, accuracy = classifier.of_data(data, (data.train_x.to(device), data.train_y.to(device)), (test_x, test_y),
-                                       params)
-    found = classifier.sample_scores(model, clf, test_x, args.num_samples, torch.Generator(device).manual_seed(args.seed))
-    print('\n'.join(classifier.score_lines(found, data.classes, accuracy)))
+    if args.num_samples:
+        print('\n'.join(sample_quality(model, params, x, y, args, device)))
 
 
 if __name__ == '__main__':

@@ -12,7 +12,7 @@ from tqdm import tqdm
 import classifier
 import distributed
 import utils
-from dataloader import load_data, model_inputs, to_input
+from dataloader import load_data, mean_image, model_inputs, to_input
 from draw_model import DRAWModel
 
 params = {
@@ -37,11 +37,15 @@ params = {
     'write_attn': True,  # False: write the whole canvas from a linear layer (Eq. 18)
     'original_layout': False,  # True: the 2019 code's shared attention layer and 0-based grid (for its checkpoints)
     'conditional': False,  # True: learn p(x | class), the one-hot label fed to encoder and decoder at every glimpse
+    'canvas_bias': True,  # True: c_0 is a learned per-pixel bias, started at the data's mean logit | False: c_0 = 0 (2019 code)
     # optimisation
     'batch_size': 128,  # images per step
     'epoch_num': 50,  # passes over the training split
     'learning_rate': 1e-3,  # Adam step size
     'beta1': 0.5,  # Adam beta1 (beta2 = 0.999)
+    'lr_warmup': 0,  # steps over which the learning rate rises linearly from 0 (0: none)
+    'kl_warmup': 250,  # steps over which the KL's weight in the training objective rises linearly from 0 (0: none)
+    'free_bits': 0.25,  # nats: each glimpse's batch-mean KL counts as at least this in the training objective
     'clip': 5.0,  # gradient-norm clipping threshold
     'precision': 'fp32',  # fp32 | bf16: autocast the model to bfloat16 (CPUs with AVX512-BF16 or AMX, recent GPUs)
     'seed': 0,  # seeds the split, initialisation, noise and data order
@@ -59,18 +63,29 @@ params = {
 LOG_EVERY = 20  # steps between reads of the loss from the device (progress bar, non-finite check)
 
 
-def train_step(objective, optimizer, x, y, p):
-    """One update through objective (distributed.objective(model)), with no host synchronisation:
-    returns the loss (averaged over the processes) and whether it and the gradient norm are finite,
-    device tensors. A non-finite step changes nothing: fused Adam skips it on the device (its
-    found_inf, as under a GradScaler), moments and step count included."""
+def schedule(p, step):
+    """(learning rate, KL weight) at step, counted from 0 over the whole run: linear warm-ups."""
+    def ramp(steps):
+        return min(1.0, (step + 1) / steps) if steps else 1.0
+    return p['learning_rate'] * ramp(p['lr_warmup']), ramp(p['kl_warmup'])
+
+
+def train_step(objective, optimizer, x, y, p, step=0):
+    """Update number step through objective (distributed.objective(model)), with no host
+    synchronisation: returns the negative ELBO (averaged over the processes; not the warm-up or
+    free-bits objective the gradient came from) and whether it, the objective and the gradient norm
+    are finite, device tensors. A non-finite step changes nothing: fused Adam skips it on the device
+    (its found_inf, as under a GradScaler), moments and step count included."""
+    lr, kl_weight = schedule(p, step)
+    for group in optimizer.param_groups:
+        group['lr'] = lr
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=p['precision'] == 'bf16'):
-        loss = objective(x, y)[0]
+        trained, loss = objective(x, y, kl_weight, p['free_bits'])
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    trained.backward()
     norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), p['clip'])  # of the averaged gradient
     loss = distributed.mean(loss.detach().float())
-    ok = torch.isfinite(loss + norm)
+    ok = torch.isfinite(loss + trained.detach() + norm)
     optimizer.found_inf = (~ok).float()
     optimizer.step()
     return loss, ok
@@ -82,6 +97,7 @@ def train_steps(objective, optimizer, train_x, train_y, p, state, bar, stop):
     read every LOG_EVERY steps (or nonfinite_limit, if fewer), when the progress bar and the
     non-finite count are brought up to date. Returns this call's losses and whether it stopped early."""
     bs, losses, oks, mine = p['batch_size'], [], [], distributed.shard(state['order'])
+    first_step = state['epoch'] * -(-len(mine) // bs)  # this epoch's first step in the whole run
     every = min(LOG_EVERY, p['nonfinite_limit'])  # a run of nonfinite_limit bad steps is seen within as many more
     in_a_row = torch.tensor(state['bad_in_a_row'], device=train_x.device)
     longest = in_a_row.clone()
@@ -89,7 +105,7 @@ def train_steps(objective, optimizer, train_x, train_y, p, state, bar, stop):
                                                                      now=len(losses) % every == 0):
         batch = mine[state['batch'] * bs:(state['batch'] + 1) * bs]
         loss, ok = train_step(objective, optimizer, to_input(train_x[batch], p['binarize'], p['channel']),
-                              train_y[batch], p)
+                              train_y[batch], p, first_step + state['batch'])
         in_a_row = (in_a_row + 1) * ~ok
         longest = torch.maximum(longest, in_a_row)
         losses.append(loss)
@@ -150,7 +166,7 @@ def configure(argv):
         if 'rng' not in ckpt:
             raise utils.InputError(f"{p['resume']}: holds no training state (not written by this train.py); "
                                    f"generate.py can draw from it, but training cannot resume from it.")
-        saved = {**params, **{k: v for k, v in ckpt['params'].items() if k in params}}
+        saved = {**params, **{k: v for k, v in utils.model_params(p['resume'], ckpt).items() if k in params}}
         p = utils.apply_overrides({**saved, 'resume': p['resume']}, argv)
         changed = [f"{k}={p[k]!r} (checkpoint: {saved[k]!r})" for k in utils.MODEL_KEYS if p[k] != saved[k]]
         if changed:
@@ -248,6 +264,8 @@ def train_on(p, ckpt, device):
     utils.seed_everything(p['seed'])
     data, train, test = prepare_data(p, device)
     model = DRAWModel(p, len(data.classes)).to(device)
+    if model.canvas_bias is not None and not ckpt:
+        model.init_canvas(mean_image(train[0], p))
     optimizer = torch.optim.Adam(model.parameters(), lr=p['learning_rate'], betas=(p['beta1'], 0.999), fused=True)
     state = restore(model, optimizer, ckpt, train[0]) if ckpt else fresh_state()
 

@@ -22,7 +22,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
 MODEL_KEYS = ('T', 'A', 'B', 'channel', 'z_size', 'read_N', 'write_N', 'enc_size', 'dec_size',
-              'read_attn', 'write_attn', 'original_layout', 'conditional')
+              'read_attn', 'write_attn', 'original_layout', 'conditional', 'canvas_bias')
 
 
 class InputError(Exception):
@@ -87,6 +87,7 @@ def check_params(params):
     rules = {key: (lambda v: v >= 1, 'at least 1') for key in
              ('T', 'batch_size', 'A', 'B', 'z_size', 'enc_size', 'dec_size', 'epoch_num', 'save_epoch',
               'nonfinite_limit')}
+    rules.update({key: (lambda v: v >= 0, '0 or more') for key in ('lr_warmup', 'kl_warmup')})
     rules.update({
         'read_N': (lambda v: v >= 2 or not params['read_attn'], 'at least 2 with read attention'),
         'write_N': (lambda v: v >= 2 or not params['write_attn'], 'at least 2 with write attention'),
@@ -94,6 +95,7 @@ def check_params(params):
         'learning_rate': (lambda v: 0 < v < math.inf, 'a positive number'),
         'beta1': (lambda v: 0 <= v < 1, 'in [0, 1)'),
         'clip': (lambda v: 0 < v <= math.inf, 'positive (inf turns clipping off)'),
+        'free_bits': (lambda v: 0 <= v < math.inf, 'a number of nats, 0 or more'),
         'test_split': (lambda v: 0 < v < 1, 'a fraction between 0 and 1'),
         'seed': (lambda v: 0 <= v < 2 ** 32, 'an integer from 0 to 2**32 - 1'),
         'binarize': (lambda v: v in ('none', 'threshold', 'sample'), "'none', 'threshold' or 'sample'"),
@@ -221,10 +223,11 @@ def model_params(path, ckpt):
     single shared attention layer."""
     params, weights = dict(ckpt['params']), ckpt['model']
     params.pop('device', None)  # the 2019 files hold a torch.device: never reused
-    params.setdefault('conditional', False)  # older files: unconditional
+    params.setdefault('conditional', False)  # older files: unconditional, c_0 = 0
+    params.setdefault('canvas_bias', False)
     if 'fc_attention.weight' in weights:
         write_N = params.get('write_N')
-        params.update(read_attn=True, write_attn=True, original_layout=True,
+        params.update(read_attn=True, write_attn=True, original_layout=True, canvas_bias=False,
                       channel=weights['fc_write.weight'].shape[0] // write_N ** 2 if write_N else None)
     missing = [k for k in MODEL_KEYS if params.get(k) is None]
     if missing:
@@ -305,6 +308,19 @@ def plot_losses(path, train_losses, steps_per_epoch, test_bounds):
     ax.set_xlabel('iteration')
     ax.set_ylabel('nats per image')
     ax.set_title('DRAW training: negative ELBO')
+    ax.legend()
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def plot_curves(path, runs, title):
+    """Test bound against training minutes, one line per run: {label: (minutes, bounds)}."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, (minutes, bounds) in runs.items():
+        ax.plot(minutes, bounds, 'o-', ms=3, label=label)
+    ax.set_xlabel('minutes of training')
+    ax.set_ylabel('test bound (-ELBO), nats per image')
+    ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
     save_figure(fig, path)

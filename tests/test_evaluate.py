@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 import classifier
 import evaluate
-from conftest import run
+from conftest import csv_lines, run, shared
+from dataloader import load_data, model_inputs
 from draw_model import DRAWModel
 from train import params as DEFAULTS
 
@@ -70,10 +71,54 @@ def test_scores_count_confidence_classes_and_entropy():
     images = torch.rand(6, 1, 8, 8)
     with torch.no_grad():
         model.out.weight.zero_()
-        model.out.bias.copy_(torch.tensor([0.0, 5.0, 0.0]))  # every image: class 1, p = 0.987
+        model.out.bias.copy_(torch.tensor([0.0, 5.0, 0.0, 0.0]))  # every image: class 1, p = 0.980
     found = classifier.scores(model, images, model.features(torch.rand(5, 1, 8, 8)))
     assert found['recognisable'] == 1 and found['classes'] == 1 and found['entropy'] == 0
-    assert found['predicted'].tolist() == [1] * 6 and found['frechet'] > 0
+    assert found['predicted'].tolist() == [1] * 6 and found['frechet'] > 0 and found['no_character'] == 0
+    with torch.no_grad():
+        model.out.bias.copy_(torch.tensor([0.0, 2.0, 0.0, 3.0]))  # "no character" first, class 1 second
+    found = classifier.scores(model, images, model.features(torch.rand(5, 1, 8, 8)))
+    assert found['recognisable'] == 0 and found['no_character'] == 1 and found['classes'] == 0
+
+
+def test_no_character_images_are_what_they_say():
+    x = torch.zeros(50, 1, 16, 16)
+    x[:, :, 4:12, 7:9] = 1  # one sharp vertical stroke
+    junk = classifier.no_character(x, 40)
+    assert junk.shape == (40, 1, 16, 16) and 0 <= junk.min() and junk.max() <= 1
+    means, blurs, noise, flat = junk.split(10)
+    assert torch.allclose(means, x[:10]) and (blurs.amax((1, 2, 3)) < 0.7).all()  # a stroke's mean is itself
+    assert (flat.flatten(1).std(1) == 0).all() and (noise.flatten(1).std(1) > 0).all()
+
+
+@pytest.fixture(scope='module')
+def handwriting(tmp_path_factory):
+    """The shared handwritten CSV as model inputs: (train x, y), (test x, y)."""
+    path = shared('devanagari-handwritten-10/train.csv.gz')
+    data = load_data({**DEFAULTS, 'data_path': str(path), 'cache_dir': str(tmp_path_factory.mktemp('cache'))},
+                     log=lambda _: None)
+    return ((model_inputs(data.train_x, DEFAULTS), data.train_y), (model_inputs(data.test_x, DEFAULTS), data.test_y))
+
+
+def test_blobs_blurs_and_noise_are_not_recognisable_but_real_characters_are(handwriting):
+    """The failure it guards against: after one epoch the samples were 64 grey blobs, and 7.5% of
+    them scored recognisable. None of these images is in the classifier's training set."""
+    (train_x, train_y), (test_x, test_y) = handwriting
+    clf, accuracy = classifier.train_classifier((train_x[:6000], train_y[:6000]), (test_x, test_y), 10, epochs=3,
+                                                log=lambda _: None)
+    real = classifier.scores(clf, test_x[:1000], classifier.apply(clf.features, test_x[1000:]))
+    assert accuracy > 0.85 and real['recognisable'] > 0.8 and real['classes'] == 10
+    g = torch.Generator().manual_seed(5)
+    n = 200
+    average = test_x.mean(0).expand(n, -1, -1, -1).roll(1, dims=3)  # the average glyph, shifted a pixel
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing='ij')
+    radius = 6 + 4 * torch.rand(n, 1, 1, 1, generator=g)
+    blob = 0.6 * torch.sigmoid(radius - ((yy - 16) ** 2 + (xx - 16) ** 2).sqrt())  # grey rounded blobs
+    blurred = classifier.blur(test_x[:n], 3.0)
+    noise = torch.rand(n, 1, 32, 32, generator=g)
+    for name, images in (('average glyph', average), ('grey blobs', blob), ('blurs', blurred), ('noise', noise)):
+        share = classifier.scores(clf, images, classifier.apply(clf.features, test_x[1000:]))['recognisable']
+        assert share < 0.05, f'{name}: {100 * share:.1f}% recognisable'
 
 
 def test_evaluate_prints_every_number_and_the_kl_plot(trained):
@@ -91,11 +136,27 @@ def test_evaluate_prints_every_number_and_the_kl_plot(trained):
     assert 'Classifier: trained' in out.stdout and 'recognisable' in out.stdout and 'Frechet' in out.stdout
 
 
-def test_evaluate_scores_another_file_and_refuses_bad_flags(trained, tmp_path):
+def test_evaluate_scores_every_image_of_a_held_out_file_with_the_models_own_classifier(trained, tmp_path):
+    """A held-out file is scored whole; its classes are matched to the model's by name (others are
+    listed), and the classifier is the one of the checkpoint's own training data."""
     work, _ = trained
-    out = run('evaluate.py', '-load_path', 'checkpoint/model_final', '-k', '2', '-num_samples', '0',
-              '-data', str(work / 'data' / 'data.csv'), cwd=work)
-    assert out.returncode == 0 and 'negative ELBO' in out.stdout and 'Sample quality' not in out.stdout, out.stderr
+    images = np.random.default_rng(3).integers(0, 256, (14, 32, 32), dtype=np.uint8)
+    held_out = tmp_path / 'held_out.csv'
+    held_out.write_text('\n'.join(csv_lines(images, ['character_1_ka', 'digit_0', 'character_02_kha', 'character_1_ka',
+                                                     'digit_0', 'character_1_ka', 'digit_0'] * 2)))
+    out = run('evaluate.py', '-load_path', 'checkpoint/model_final', '-k', '2', '-num_samples', '4',
+              '-data', str(held_out), cwd=work)
+    assert out.returncode == 0, out.stderr
+    assert 'on every image of csv' in out.stdout and ': 14 images, 1024 dimensions' in out.stdout
+    assert "1 of its classes are not the model's (character_02_kha)" in out.stdout
+    assert "right on the file's 12 images of its classes" in out.stdout and 'real (file)' in out.stdout
+    own = run('evaluate.py', '-load_path', 'checkpoint/model_final', '-k', '2', '-num_samples', '4', cwd=work)
+    trained_on = re.search(r'(\d+\.\d)% right on the test split', own.stdout).group(1)
+    assert f'({trained_on}% right on the test split)' in out.stdout  # the same, cached classifier
+
+
+def test_evaluate_refuses_bad_flags(trained, tmp_path):
+    work, _ = trained
     for flags, message in ((['-k', '0'], '-k must be a positive'), (['-data', str(tmp_path / 'none.csv')], 'none.csv')):
         out = run('evaluate.py', '-load_path', 'checkpoint/model_final', *flags, cwd=work)
         assert out.returncode == 2 and message in out.stderr and 'Traceback' not in out.stderr

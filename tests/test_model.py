@@ -235,3 +235,35 @@ def test_conditional_model_learns_p_x_given_y():
         model.loss(x)
     with pytest.raises(ValueError, match='num_classes'):
         DRAWModel({**DEFAULTS, 'conditional': True})
+
+
+def test_canvas_bias_starts_the_canvas_at_the_data_mean_and_learns():
+    model = make()
+    mean = torch.rand(1, 10, 12) * 0.98 + 0.01
+    model.init_canvas(mean)
+    torch.testing.assert_close(torch.sigmoid(model.canvas_bias), mean)
+    c0, _, _ = model.initial_state(2, 'cpu')
+    assert c0.shape == (2, 1, 10, 12) and torch.equal(c0[1], model.canvas_bias)
+    x = torch.rand(2, 1, 10, 12)
+    model.loss(x)[0].backward()
+    assert model.canvas_bias.grad.abs().sum() > 0
+    with torch.no_grad():
+        model.fc_write.weight.zero_()
+        model.fc_write.bias.zero_()  # writes of 0: the canvas stays c_0
+    torch.testing.assert_close(model.generate(3)[-1], mean.expand(3, -1, -1, -1))
+    assert make(canvas_bias=False).canvas_bias is None and 'canvas_bias' not in make(canvas_bias=False).state_dict()
+
+
+def test_objective_is_the_bound_at_the_defaults_and_shaped_otherwise():
+    model, x = make(), torch.rand(4, 1, 10, 12)
+    torch.manual_seed(1)
+    loss, recon, kl = model.loss(x)
+    torch.manual_seed(1)
+    trained, bound = model.objective(x)
+    assert torch.allclose(trained, loss) and torch.allclose(bound, loss)
+    torch.manual_seed(1)
+    _, kl_t, _ = model.elbo_terms(x)
+    torch.manual_seed(1)
+    trained, bound = model.objective(x, kl_weight=0.3, free_bits=0.7)
+    assert torch.allclose(bound, loss)
+    assert torch.allclose(trained, recon + 0.3 * kl_t.mean(1).clamp(min=0.7).sum())

@@ -132,3 +132,20 @@ def test_bench_prints_the_side_by_side_table(tmp_path):
     assert {'2019-style', 'train.py (fp32)', 'train.py (bf16)'} <= set(rows)
     assert rows['2019-style'].rstrip().endswith('1.00x')
     assert re.search(r'generation: 64 samples \+ PNG \+ GIF in \d+\.\d\d s', out.stdout)
+
+
+def test_checkpoint_from_before_the_canvas_bias_loads_resumes_and_draws(trained, tmp_path):
+    """Files of earlier versions have no canvas_bias (c_0 = 0): they rebuild without one."""
+    work, _ = trained
+    ckpt = torch.load(work / 'checkpoint' / 'model_epoch_1', map_location='cpu', weights_only=True)
+    del ckpt['params']['canvas_bias'], ckpt['model']['canvas_bias']
+    last = ckpt['optimizer']['param_groups'][0]['params'].pop()  # canvas_bias, the last parameter
+    del ckpt['optimizer']['state'][last]
+    torch.save(ckpt, tmp_path / 'older')
+    model, params, _ = utils.load_model(tmp_path / 'older', torch.device('cpu'))
+    assert model.canvas_bias is None and params['canvas_bias'] is False
+    out = run('generate.py', '-load_path', str(tmp_path / 'older'), '-num_output', '4', '-out_dir', str(tmp_path), cwd=work)
+    assert out.returncode == 0, out.stderr
+    out = run('train.py', 'epoch_num=2', *TINY, f'resume={tmp_path / "older"}', f'checkpoint_dir={tmp_path / "ck"}',
+              f'image_dir={tmp_path / "im"}', cwd=work)
+    assert out.returncode == 0 and 'epoch 2/2' in out.stdout, out.stderr
