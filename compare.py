@@ -2,8 +2,8 @@
     python train.py ... > old.log;  python train.py ... > new.log
     python compare.py old=old.log new.log -out images/bound_vs_minutes.png
 reads train.py's epoch lines from each log (label=path, or the file's name) and plots the test
-bound after every epoch against the training time so far (the epochs' own seconds, without the test
-evaluation between them).
+bound after every epoch against the time so far: the epoch lines' seconds (each epoch's training and
+its test bound) summed, so start-up and checkpoint writing are left out.
 """
 import argparse
 import re

@@ -43,7 +43,6 @@ params = {
     'epoch_num': 50,  # passes over the training split
     'learning_rate': 1e-3,  # Adam step size
     'beta1': 0.5,  # Adam beta1 (beta2 = 0.999)
-    'lr_warmup': 0,  # steps over which the learning rate rises linearly from 0 (0: none)
     'kl_warmup': 250,  # steps over which the KL's weight in the training objective rises linearly from 0 (0: none)
     'free_bits': 0.25,  # nats: each glimpse's batch-mean KL counts as at least this in the training objective
     'clip': 5.0,  # gradient-norm clipping threshold
@@ -63,11 +62,10 @@ params = {
 LOG_EVERY = 20  # steps between reads of the loss from the device (progress bar, non-finite check)
 
 
-def schedule(p, step):
-    """(learning rate, KL weight) at step, counted from 0 over the whole run: linear warm-ups."""
-    def ramp(steps):
-        return min(1.0, (step + 1) / steps) if steps else 1.0
-    return p['learning_rate'] * ramp(p['lr_warmup']), ramp(p['kl_warmup'])
+def kl_weight(p, step):
+    """The KL's weight in the training objective at step, counted from 0 over the whole run: a linear
+    warm-up over kl_warmup steps, then 1."""
+    return min(1.0, (step + 1) / p['kl_warmup']) if p['kl_warmup'] else 1.0
 
 
 def train_step(objective, optimizer, x, y, p, step=0):
@@ -76,11 +74,8 @@ def train_step(objective, optimizer, x, y, p, step=0):
     free-bits objective the gradient came from) and whether it, the objective and the gradient norm
     are finite, device tensors. A non-finite step changes nothing: fused Adam skips it on the device
     (its found_inf, as under a GradScaler), moments and step count included."""
-    lr, kl_weight = schedule(p, step)
-    for group in optimizer.param_groups:
-        group['lr'] = lr
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=p['precision'] == 'bf16'):
-        trained, loss = objective(x, y, kl_weight, p['free_bits'])
+        trained, loss = objective(x, y, kl_weight(p, step), p['free_bits'])
     optimizer.zero_grad(set_to_none=True)
     trained.backward()
     norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), p['clip'])  # of the averaged gradient
@@ -166,7 +161,9 @@ def configure(argv):
         if 'rng' not in ckpt:
             raise utils.InputError(f"{p['resume']}: holds no training state (not written by this train.py); "
                                    f"generate.py can draw from it, but training cannot resume from it.")
-        saved = {**params, **{k: v for k, v in utils.model_params(p['resume'], ckpt).items() if k in params}}
+        # files from before the recipe keys trained without them: c_0 = 0 (model_params), no warm-up, no free bits
+        saved = {**params, 'kl_warmup': 0, 'free_bits': 0.0,
+                 **{k: v for k, v in utils.model_params(p['resume'], ckpt).items() if k in params}}
         p = utils.apply_overrides({**saved, 'resume': p['resume']}, argv)
         changed = [f"{k}={p[k]!r} (checkpoint: {saved[k]!r})" for k in utils.MODEL_KEYS if p[k] != saved[k]]
         if changed:
@@ -187,6 +184,9 @@ def restore(model, optimizer, ckpt, train_x):
         saved = ckpt['optimizer']  # its groups' implementation flags (unfused before this version) yield to ours
         flags = [{k: v for k, v in group.items() if k in ('fused', 'foreach', 'capturable')} for group in optimizer.param_groups]
         optimizer.load_state_dict({**saved, 'param_groups': [{**g, **f} for g, f in zip(saved['param_groups'], flags)]})
+        moments = [optimizer.state.get(w, {}).get('exp_avg') for w in model.parameters()]
+        if any(m is not None and m.shape != w.shape for m, w in zip(moments, model.parameters())):
+            raise ValueError("its Adam moments' shapes are not its weights'")  # fused Adam would crash on them
         utils.set_rng_state(ckpt['rng'])
         state = {k: ckpt[k] for k in fresh_state()}
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:

@@ -87,7 +87,7 @@ def check_params(params):
     rules = {key: (lambda v: v >= 1, 'at least 1') for key in
              ('T', 'batch_size', 'A', 'B', 'z_size', 'enc_size', 'dec_size', 'epoch_num', 'save_epoch',
               'nonfinite_limit')}
-    rules.update({key: (lambda v: v >= 0, '0 or more') for key in ('lr_warmup', 'kl_warmup')})
+    rules['kl_warmup'] = (lambda v: v >= 0, '0 or more')
     rules.update({
         'read_N': (lambda v: v >= 2 or not params['read_attn'], 'at least 2 with read attention'),
         'write_N': (lambda v: v >= 2 or not params['write_attn'], 'at least 2 with write attention'),
@@ -318,7 +318,7 @@ def plot_curves(path, runs, title):
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for label, (minutes, bounds) in runs.items():
         ax.plot(minutes, bounds, 'o-', ms=3, label=label)
-    ax.set_xlabel('minutes of training')
+    ax.set_xlabel('minutes (epoch lines, summed)')
     ax.set_ylabel('test bound (-ELBO), nats per image')
     ax.set_title(title)
     ax.legend()

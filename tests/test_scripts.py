@@ -138,9 +138,12 @@ def test_checkpoint_from_before_the_canvas_bias_loads_resumes_and_draws(trained,
     """Files of earlier versions have no canvas_bias (c_0 = 0): they rebuild without one."""
     work, _ = trained
     ckpt = torch.load(work / 'checkpoint' / 'model_epoch_1', map_location='cpu', weights_only=True)
-    del ckpt['params']['canvas_bias'], ckpt['model']['canvas_bias']
-    last = ckpt['optimizer']['param_groups'][0]['params'].pop()  # canvas_bias, the last parameter
-    del ckpt['optimizer']['state'][last]
+    for key in ('canvas_bias', 'kl_warmup', 'free_bits'):
+        del ckpt['params'][key]
+    del ckpt['model']['canvas_bias']
+    group, state = ckpt['optimizer']['param_groups'][0], ckpt['optimizer']['state']
+    ckpt['optimizer']['state'] = {i - 1: s for i, s in state.items() if i > 0}  # canvas_bias, the model's own, is first
+    group['params'] = group['params'][:-1]
     torch.save(ckpt, tmp_path / 'older')
     model, params, _ = utils.load_model(tmp_path / 'older', torch.device('cpu'))
     assert model.canvas_bias is None and params['canvas_bias'] is False
@@ -149,3 +152,5 @@ def test_checkpoint_from_before_the_canvas_bias_loads_resumes_and_draws(trained,
     out = run('train.py', 'epoch_num=2', *TINY, f'resume={tmp_path / "older"}', f'checkpoint_dir={tmp_path / "ck"}',
               f'image_dir={tmp_path / "im"}', cwd=work)
     assert out.returncode == 0 and 'epoch 2/2' in out.stdout, out.stderr
+    resumed = torch.load(tmp_path / 'ck' / 'model_final', weights_only=True)['params']
+    assert (resumed['canvas_bias'], resumed['kl_warmup'], resumed['free_bits']) == (False, 0, 0.0)  # as it was trained

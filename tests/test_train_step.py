@@ -9,7 +9,7 @@ from distributed import Objective
 from draw_model import DRAWModel
 
 P = {**train.params, 'T': 4, 'A': 12, 'B': 12, 'z_size': 6, 'read_N': 3, 'write_N': 3, 'enc_size': 24,
-     'dec_size': 24, 'lr_warmup': 0, 'kl_warmup': 0, 'free_bits': 0.0}
+     'dec_size': 24, 'kl_warmup': 0, 'free_bits': 0.0}
 
 
 def setup(**kw):
@@ -42,10 +42,10 @@ def test_step_matches_a_plain_eager_step():
         torch.testing.assert_close(w, w_ref, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_warm_ups_and_free_bits_shape_the_gradient_but_the_reported_loss_is_the_elbo():
-    """The objective is recon + w_t sum_t max(free_bits, KL_t) at the learning rate lr * ramp, both
-    ramps linear over their steps; what train_step reports is the plain negative ELBO."""
-    p = {**P, 'lr_warmup': 3, 'kl_warmup': 4, 'free_bits': 0.5}
+def test_kl_warm_up_and_free_bits_shape_the_gradient_but_the_reported_loss_is_the_elbo():
+    """The objective is recon + w_t sum_t max(free_bits, KL_t), w_t rising linearly over kl_warmup
+    steps; what train_step reports is the plain negative ELBO."""
+    p = {**P, 'kl_warmup': 4, 'free_bits': 0.5}
     model, optimizer = setup()
     reference = copy.deepcopy(model)
     plain = torch.optim.Adam(reference.parameters(), lr=1e-3, betas=(0.5, 0.999), foreach=False)
@@ -58,8 +58,6 @@ def test_warm_ups_and_free_bits_shape_the_gradient_but_the_reported_loss_is_the_
         elbo = recon.mean() + kl_t.sum()
         objective = recon.mean() + min(1, (step + 1) / 4) * torch.clamp(kl_t, min=0.5).sum()
         assert ok and torch.allclose(loss, elbo.detach(), rtol=1e-6) and not torch.allclose(loss, objective)
-        for group in plain.param_groups:
-            group['lr'] = 1e-3 * min(1, (step + 1) / 3)
         plain.zero_grad()
         objective.backward()
         torch.nn.utils.clip_grad_norm_(reference.parameters(), p['clip'])
@@ -68,11 +66,10 @@ def test_warm_ups_and_free_bits_shape_the_gradient_but_the_reported_loss_is_the_
         torch.testing.assert_close(w, w_ref, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_the_schedule_ramps_linearly_and_then_holds():
-    p = {**P, 'learning_rate': 2e-3, 'lr_warmup': 4, 'kl_warmup': 10}
-    assert train.schedule(p, 0) == (5e-4, 0.1) and train.schedule(p, 3) == (2e-3, 0.4)
-    assert train.schedule(p, 9) == (2e-3, 1.0) and train.schedule(p, 10 ** 6) == (2e-3, 1.0)
-    assert train.schedule({**p, 'lr_warmup': 0, 'kl_warmup': 0}, 0) == (2e-3, 1.0)
+def test_the_kl_weight_ramps_linearly_and_then_holds():
+    p = {**P, 'kl_warmup': 10}
+    assert [train.kl_weight(p, s) for s in (0, 3, 9, 10 ** 6)] == [0.1, 0.4, 1.0, 1.0]
+    assert train.kl_weight({**p, 'kl_warmup': 0}, 0) == 1.0
 
 
 def test_a_non_finite_step_changes_nothing_not_even_adams_state():
