@@ -74,7 +74,7 @@ def scored_images(params, classes, conditional, path):
         data = load_data(params)
         return data.test_x, data.test_y, f"the test split of {data.name}"
     x, y, name, unmatched = load_file(params, classes, path)
-    if unmatched:
+    if unmatched and classes:  # 2019 checkpoints name no classes
         left = f"{(y < 0).sum()} images left out" if conditional else "scored, but not by class"
         print(f"{path}: {len(unmatched)} of its classes are not the model's ({', '.join(unmatched[:8])}"
               f"{', ...' if len(unmatched) > 8 else ''}): {left}.")
