@@ -66,13 +66,12 @@ def bounds(model, x, y, k, batch_size=2048):
             'elbo': recon / len(x) + kl.sum().item()}
 
 
-def scored_images(params, classes, conditional, path):
+def scored_images(own, params, classes, conditional, path):
     """(uint8 images, labels matched to the checkpoint's classes, -1 where none, a description): the
-    test split of the checkpoint's own data, or every image at path. A conditional model needs its
-    classes: images of others are left out, and said so."""
+    test split of own, the checkpoint's own data, or every image at path. A conditional model needs
+    its classes: images of others are left out, and said so."""
     if path is None:
-        data = load_data(params)
-        return data.test_x, data.test_y, f"the test split of {data.name}"
+        return own.test_x, own.test_y, f"the test split of {own.name}"
     x, y, name, unmatched = load_file(params, classes, path)
     if unmatched and classes:  # 2019 checkpoints name no classes
         left = f"{(y < 0).sum()} images left out" if conditional else "scored, but not by class"
@@ -86,10 +85,11 @@ def scored_images(params, classes, conditional, path):
     return x, y, f"every image of {name}"
 
 
-def sample_quality(model, params, x, y, args, device):
-    """The classifier's lines for samples and for the real images x (model inputs, labels y)."""
+def sample_quality(model, own, params, x, y, args, device):
+    """The classifier's lines for samples and for the real images x (model inputs, labels y), with
+    the classifier of own, the checkpoint's own data (loaded here when None)."""
     try:
-        own = load_data(params, log=lambda _: None)
+        own = own if own is not None else load_data(params, log=lambda _: None)
     except utils.InputError as e:
         return [f"Sample quality: skipped, the checkpoint's training data is needed for its classifier ({e})"]
     if len(own.classes) < 2:
@@ -111,7 +111,8 @@ def main(argv=None):
     device = utils.pick_device(args.device)
     model, params, ckpt = utils.load_model(args.load_path, device)
     params = {**train.params, **params}  # 2019 checkpoints name no data settings: the defaults
-    x, y, where = scored_images(params, ckpt.get('classes') or [], bool(model.num_classes), args.data)
+    own = load_data(params) if args.data is None else None  # with -data, needed only for the classifier
+    x, y, where = scored_images(own, params, ckpt.get('classes') or [], bool(model.num_classes), args.data)
     if len(x) == 0:
         raise utils.InputError(f"{where}: no images; nothing to evaluate.")
     x, y = model_inputs(x, params).to(device), y.to(device)
@@ -130,7 +131,7 @@ def main(argv=None):
     utils.plot_kl(path, found['kl_t'], f"{Path(args.load_path).name}: KL per glimpse, {found['kl']:.1f} nats in all")
     print(f"  wrote {path}")
     if args.num_samples:
-        print('\n'.join(sample_quality(model, params, x, y, args, device)))
+        print('\n'.join(sample_quality(model, own, params, x, y, args, device)))
 
 
 if __name__ == '__main__':

@@ -105,7 +105,8 @@ def handwriting(tmp_path_factory):
 
 def test_blobs_blurs_and_noise_are_not_recognisable_but_real_characters_are(handwriting):
     """The failure it guards against: after one epoch the samples were 64 grey blobs, and 7.5% of
-    them scored recognisable. None of these images is in the classifier's training set."""
+    them scored recognisable. Grey rounded blobs are not among the classifier's "no character"
+    training images; the average glyph, blurs and noise resemble kinds that are."""
     (train_x, train_y), (test_x, test_y) = handwriting
     clf, accuracy = classifier.train_classifier((train_x[:8000], train_y[:8000]), (test_x, test_y), 10, epochs=6,
                                                 log=lambda _: None)
