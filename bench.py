@@ -1,13 +1,16 @@
 """Measure DRAW's training throughput and generation time on this machine:
     python bench.py [--windows 5] [--steps 10] [key=value ...]
 key=value are train.py's params and overrides (batch_size=32, T=64, device=cpu, ...). Prints, side by
-side, the images per second of three training steps on random binary images of the params' size
+side, the images per second of the training steps below on random binary images of the params' size
 (median and range of the timed windows, after warm-up, the device synchronised at each window's end;
 the variants take turns, so drift hits them alike):
-  2019-style   the 2019 loop's costs: 3 channels, unfused Adam, the loss read every step, fp32
-  train.py     this repository's step (fused Adam, no per-step sync), at the params' precision
-  + bf16       the same with precision=bf16
-and the time to draw 64 samples and write their GIF (generate.py's work), median of 3.
+  2019-style        the 2019 loop's costs: 3 channels, unfused Adam, the loss read every step, fp32
+  train.py (fp32)   this repository's step (fused Adam, no per-step sync)
+  train.py (bf16)   the same under bf16 autocast, timed only where bf16 is native (what precision=auto uses)
+with each step's arithmetic (matrix-product GFLOP per image, counted by torch's FlopCounterMode), the
+GFLOP/s it reaches and its share of this machine's matrix-product peak, measured in the same run on
+large square products of the step's precision; and the time to draw 64 samples and write their PNG
+and GIF (generate.py's work), median of 3.
 """
 import argparse
 import statistics
@@ -17,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import distributed
 import train
@@ -27,6 +31,34 @@ from draw_model import DRAWModel
 def sync(device):
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
+
+
+def peak_gflops(device, dtype, seconds=1.0):
+    """This machine's matrix-product rate in GFLOP/s: the median of 5 windows of square products
+    (2048 on a GPU, 1024 on a CPU), each about seconds / 5 long."""
+    n = 2048 if device.type == 'cuda' else 1024
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    a @ b
+    sync(device)
+    start = time.perf_counter()
+    a @ b
+    sync(device)
+    reps = max(1, int(seconds / 5 / max(time.perf_counter() - start, 1e-6)))
+    rates = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        sync(device)
+        rates.append(2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9)
+    return statistics.median(rates)
+
+
+def step_gflop(step, images):
+    """Matrix-product GFLOP per image of one call of step (forward, backward, Adam)."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / images / 1e9
 
 
 def make_step(p, device, style):
@@ -83,7 +115,7 @@ def generation_seconds(p, device, repeats=3):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--windows', type=int, default=5, help='timed windows per variant (default 5)')
-    parser.add_argument('--steps', type=int, default=10, help='training steps per window (default 10)')
+    parser.add_argument('--steps', type=int, default=5, help='training steps per window (default 5)')
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps per variant first (default 3)')
     args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if min(args.windows, args.steps) < 1 or args.warmup < 0:
@@ -91,21 +123,33 @@ def main(argv=None):
     p = utils.apply_overrides(train.params, overrides)
     utils.check_params(p)
     device = utils.pick_device(p['device'])
+    precision, why = utils.resolve_precision(p['precision'], device)
     torch.manual_seed(p['seed'])
-    variants = {'2019-style': make_step({**p, 'channel': 3}, device, '2019'),
-                f"train.py ({p['precision']})": make_step(p, device, 'train.py')}
-    if p['precision'] != 'bf16':
+    variants = {'2019-style': make_step({**p, 'channel': 3, 'precision': 'fp32'}, device, '2019'),
+                'train.py (fp32)': make_step({**p, 'precision': 'fp32'}, device, 'train.py')}
+    native = utils.native_bf16(device)
+    if native:
         variants['train.py (bf16)'] = make_step({**p, 'precision': 'bf16'}, device, 'train.py')
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
     print(f"{name}; torch {torch.__version__}; T={p['T']}, {p['A']}x{p['B']}, batch {p['batch_size']}, "
           f"read {p['read_N']}, write {p['write_N']}, LSTM {p['enc_size']}/{p['dec_size']}, z {p['z_size']}; "
-          f"{args.windows} windows of {args.steps} steps")
+          f"{args.windows} windows of {args.steps} steps; train.py trains in {precision} ({why})")
+    if not native:
+        print(f"train.py (bf16): not timed, bf16 is not native on {device} (precision=auto uses fp32 here)")
+    peaks = {'fp32': peak_gflops(device, torch.float32)}
+    if native:
+        peaks['bf16'] = peak_gflops(device, torch.bfloat16)
+    gflop = {variant: step_gflop(step, p['batch_size']) for variant, step in variants.items()}
     rates = throughput(variants, p, device, args.windows, args.steps, args.warmup)
     base = statistics.median(rates['2019-style'])
-    print(f"{'training step':<20}{'images/s (median)':>18}{'range':>18}{'vs 2019-style':>15}")
+    print(f"matrix-product peak: {', '.join(f'{k} {v:,.0f} GFLOP/s' for k, v in peaks.items())}")
+    print(f"{'training step':<18}{'images/s (median)':>18}{'range':>14}{'vs 2019-style':>15}"
+          f"{'GFLOP/image':>13}{'GFLOP/s':>9}{'of peak':>9}")
     for variant, found in rates.items():
         median = statistics.median(found)
-        print(f"{variant:<20}{median:>18,.0f}{f'{min(found):,.0f}-{max(found):,.0f}':>18}{median / base:>14.2f}x")
+        peak = peaks['bf16' if 'bf16' in variant else 'fp32']
+        print(f"{variant:<18}{median:>18,.0f}{f'{min(found):,.0f}-{max(found):,.0f}':>14}{median / base:>14.2f}x"
+              f"{gflop[variant]:>13.3g}{gflop[variant] * median:>9,.0f}{gflop[variant] * median / peak:>9.0%}")
     print(f"generation: 64 samples + PNG + GIF in {generation_seconds(p, device):.2f} s (median of 3)")
 
 

@@ -114,15 +114,16 @@ def of_data(data, train, test, p, log=print):
         raise InputError(f"{data.name} has no class labels for a classifier to learn; sample scores need them.")
     train = model_inputs(train[0], p), train[1]
     model = Classifier(len(data.classes), train[0].shape[-2:]).to(train[0].device)
-    key = hashlib.sha256(repr((VERSION, data.name, data.classes, tuple(train[0].shape), tuple(test[0].shape), model,
-                               train[1].sum().item(), float(train[0].sum()))).encode()).hexdigest()[:16]
+    key = hashlib.sha256(repr((VERSION, data.fingerprint or data.name, data.classes, tuple(train[0].shape),
+                               tuple(test[0].shape), model, train[1].sum().item(),
+                               float(train[0].sum()))).encode()).hexdigest()[:16]
     path = Path(p['cache_dir']) / f'classifier-{key}.pt'
     if path.is_file():
         saved = torch.load(path, map_location=train[0].device, weights_only=True)
         model.load_state_dict(saved['model'])
         return model.eval(), saved['accuracy']
     model, accuracy = train_classifier(train, test, len(data.classes), log=log)
-    utils.atomic_save({'model': model.state_dict(), 'accuracy': accuracy}, path)
+    utils.save_cache({'model': model.state_dict(), 'accuracy': accuracy}, path, log)
     return model, accuracy
 
 

@@ -23,12 +23,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 import devanagari
-from utils import InputError, atomic_save
+from utils import InputError, save_cache
 
 SOURCES = ('auto', 'csv', 'uci', 'binarized_mnist', 'mnist', 'folder', 'builtin')
 IMAGE_SUFFIXES = {'.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp'}
 CACHE_VERSION = 1  # bump when decoding changes, so old caches are rebuilt
 BUILTIN_PER_CLASS = (300, 50)  # rendered images per class: train, test
+DEFAULT_DATA_PATH = 'data'  # train.py's data_path default: only there a missing or empty folder means the built-in set
 
 
 @dataclass
@@ -40,6 +41,13 @@ class Dataset:
     classes: list
     glyphs: list  # each class's Devanagari glyph ('' where there is none, e.g. MNIST), for labels
     name: str  # what was loaded, for the log
+    kind: str = ''  # the source (SOURCES) it was read from
+    fingerprint: str = ''  # of the images, labels, split and classes: the same data gives the same
+
+    def record(self, params):
+        """What a checkpoint keeps of the data it learned, to find and check it again."""
+        return {'name': self.name, 'dataset': self.kind, 'fingerprint': self.fingerprint,
+                'data_path': str(Path(params['data_path']).expanduser().resolve())}
 
 
 def natural_key(name):
@@ -96,27 +104,33 @@ FINDERS = {  # in the order 'auto' tries them
 
 
 def find_source(dataset, data_path):
-    """(source kind, path) for the dataset key; ('builtin', reason) when 'auto' finds nothing."""
+    """(source kind, path) for the dataset key; ('builtin', reason) when 'auto' finds nothing at the
+    default data_path. A data_path the user gave must hold data (~ is expanded)."""
     if dataset not in SOURCES:
         raise InputError(f"dataset={dataset!r} is not a source; choose one of {', '.join(SOURCES)}.")
     if dataset == 'builtin':
         return 'builtin', 'dataset=builtin'
+    fallback = dataset == 'auto' and data_path == Path(DEFAULT_DATA_PATH)
+    data_path = data_path.expanduser()
     if data_path.is_file():
         if dataset in ('auto', 'csv') and data_path.name.lower().endswith(('.csv', '.csv.gz')):
             return 'csv', data_path
         raise InputError(f"data_path {data_path} is a file but not a .csv or .csv.gz; "
                          f"point data_path at a CSV or at the folder holding the data.")
     if not data_path.is_dir():
-        if dataset != 'auto':
-            raise InputError(f"data_path {data_path} does not exist (dataset={dataset}).")
+        if not fallback:
+            kind = 'file' if data_path.name.lower().endswith(('.csv', '.csv.gz')) else 'file or folder'
+            raise InputError(f"data_path {data_path}: no such {kind} (from {Path.cwd()}); give the path of your "
+                             f"data, or leave data_path out for the built-in set.")
         return 'builtin', f"{data_path}/ does not exist"
     for kind, finder in FINDERS.items():
         if dataset in ('auto', kind):
             path = finder(data_path)
             if path is not None:
                 return kind, path
-    if dataset != 'auto':
-        raise InputError(f"no {dataset} data found under {data_path}; the README lists the layouts read.")
+    if not fallback:
+        raise InputError(f"data_path {data_path}: no {'' if dataset == 'auto' else dataset + ' '}data found in this "
+                         f"folder; the README lists the layouts read.")
     return 'builtin', f"no dataset found in {data_path}/"
 
 
@@ -342,10 +356,7 @@ def decode_cached(kind, path, A, B, cache_dir, log):
         log(f"{cache}: {reason}, decoding the source again.")
     decoded = DECODERS[kind](path, A, B, log)
     fields = ('train_x', 'train_y', 'test_x', 'test_y', 'classes')
-    try:
-        atomic_save(dict(zip(fields, decoded), key=key), cache)
-    except OSError as e:
-        log(f"could not write the cache {cache} ({e}); the data will be decoded again next time.")
+    save_cache(dict(zip(fields, decoded), key=key), cache, log)
     return decoded
 
 
@@ -415,10 +426,36 @@ def load_data(params, log=print):
     train_x, train_y = keep_classes(train_x, train_y, chosen, len(classes))
     test_x, test_y = keep_classes(test_x, test_y, chosen, len(classes))
     name = 'built-in rendered Devanagari' if kind == 'builtin' else f'{kind} {where}'
-    log(f"Data: {name}: {len(train_x)} train / {len(test_x)} test images, {len(chosen)} classes, "
+    log(f"Data: {name}: {len(train_x)} train / {len(test_x)} test images, {plural(len(chosen), 'class')}, "
         f"{params['A']}x{params['B']}.")
     classes = [classes[i] for i in chosen]
-    return Dataset(train_x, train_y, test_x, test_y, classes, glyphs_of(classes, kind), name)
+    digest = hashlib.sha256(repr((classes, params['A'], params['B'])).encode())
+    for t in (train_x, train_y, test_x, test_y):
+        digest.update(t.contiguous().numpy().tobytes())
+    return Dataset(train_x, train_y, test_x, test_y, classes, glyphs_of(classes, kind), name, kind,
+                   digest.hexdigest()[:16])
+
+
+def plural(n, noun):
+    return f"{n} {noun}{'' if n == 1 else 'es' if noun.endswith('s') else 's'}"
+
+
+def load_trained(params, record, where, log=print):
+    """The data the checkpoint at where learned: as its record says (the source and absolute path it
+    was read from), refused if it is not the same data now; for checkpoints without a record (the
+    2019 code's, older ones), params' data settings as they stand."""
+    if not record:
+        return load_data(params, log)
+    try:
+        data = load_data({**params, 'dataset': record['dataset'], 'data_path': record['data_path']}, log)
+    except InputError as e:
+        raise InputError(f"{where} learned {record['name']}, which cannot be read now ({e}) Give the data "
+                         f"to use with -data PATH.") from None
+    if data.fingerprint != record['fingerprint']:
+        raise InputError(f"{where} learned {record['name']} (fingerprint {record['fingerprint']}), but what is "
+                         f"found there now differs: {data.name} (fingerprint {data.fingerprint}). Give the data "
+                         f"to use with -data PATH.")
+    return data
 
 
 def to_input(x, binarize, channel, generator=None):
@@ -470,12 +507,9 @@ def load_file(params, classes, data_path, log=print):
     return torch.cat((data.train_x, data.test_x)), y, data.name, unmatched
 
 
-def load_data_for(params, classes, data_path=None, log=print):
-    """The data a checkpoint is redrawn on: its own (params' dataset, data_path, classes and split),
-    or the source at data_path, all its classes. A conditional model's labels are matched to its
-    classes by name; images of others are left out."""
-    if data_path is None:
-        return load_data(params, log)
+def load_data_for(params, classes, data_path, log=print):
+    """The source at data_path, all its classes, for a checkpoint to redraw. A conditional model's
+    labels are matched to its classes by name; images of others are left out, and said so."""
     data = load_source(params, data_path, log)
     if not params['conditional']:
         return data
@@ -483,6 +517,10 @@ def load_data_for(params, classes, data_path=None, log=print):
     if (remap < 0).all():
         raise InputError(f"{data_path}: none of its classes ({', '.join(data.classes[:6])}...) is one the model "
                          f"was trained on ({', '.join(classes[:6])}...); a conditional model needs its own classes.")
+    unmatched = [c for c, i in zip(data.classes, remap.tolist()) if i < 0]
+    if unmatched:
+        log(f"{data_path}: {plural(len(unmatched), 'class')} not the model's, their images left out: "
+            f"{', '.join(unmatched[:8])}{', ...' if len(unmatched) > 8 else ''}.")
     split = []
     for x, y in ((data.train_x, data.train_y), (data.test_x, data.test_y)):
         keep = remap[y] >= 0

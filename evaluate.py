@@ -15,20 +15,24 @@ import torch
 import classifier
 import train
 import utils
-from dataloader import load_data, load_file, model_inputs
+from dataloader import load_file, load_trained, model_inputs, plural
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('-load_path', required=True, help='checkpoint file, e.g. checkpoint/model_final')
-    parser.add_argument('-data', help="a held-out dataset to score, every image in it (file or folder, any format "
-                                      "the loader reads; default: the checkpoint's own test split)")
-    parser.add_argument('-k', type=int, default=50, help='importance samples per image for the IWAE bound (default 50)')
-    parser.add_argument('-num_samples', type=int, default=1000,
+    parser.add_argument(*utils.flag('load_path'), required=True, help='checkpoint file, e.g. checkpoint/model_final')
+    parser.add_argument(*utils.flag('data'),
+                        help="a held-out dataset to score, every image in it (file or folder, any format "
+                             "the loader reads; default: the checkpoint's own test split)")
+    parser.add_argument(*utils.flag('k'), type=int, default=50,
+                        help='importance samples per image for the IWAE bound (default 50)')
+    parser.add_argument(*utils.flag('num_samples'), type=int, default=1000,
                         help='generated samples scored by the classifier (default 1000; 0 skips the scores)')
-    parser.add_argument('-out_dir', default='images', help='folder for kl_per_glimpse.png (default images/)')
-    parser.add_argument('-seed', type=int, default=0, help='seed of the posterior and prior samples (default 0)')
-    parser.add_argument('-device', default='auto', help='auto (CUDA when available), cpu or cuda')
+    parser.add_argument(*utils.flag('out_dir'), default='images',
+                        help='folder for kl_per_glimpse.png (default images/)')
+    parser.add_argument(*utils.flag('seed'), type=int, default=0,
+                        help='seed of the posterior and prior samples (default 0)')
+    parser.add_argument(*utils.flag('device'), default='auto', help='auto (CUDA when available), cpu or cuda')
     args = parser.parse_args(argv)
     if args.k <= 0:
         parser.error(f'-k must be a positive number of samples, not {args.k}')
@@ -75,7 +79,7 @@ def scored_images(own, params, classes, conditional, path):
     x, y, name, unmatched = load_file(params, classes, path)
     if unmatched and classes:  # 2019 checkpoints name no classes
         left = f"{(y < 0).sum()} images left out" if conditional else "scored, but not by class"
-        print(f"{path}: {len(unmatched)} of its classes are not the model's ({', '.join(unmatched[:8])}"
+        print(f"{path}: {plural(len(unmatched), 'class')} not the model's ({', '.join(unmatched[:8])}"
               f"{', ...' if len(unmatched) > 8 else ''}): {left}.")
     if conditional:
         if (y < 0).all():
@@ -85,11 +89,11 @@ def scored_images(own, params, classes, conditional, path):
     return x, y, f"every image of {name}"
 
 
-def sample_quality(model, own, params, x, y, args, device):
+def sample_quality(model, own, params, record, x, y, args, device):
     """The classifier's lines for samples and for the real images x (model inputs, labels y), with
-    the classifier of own, the checkpoint's own data (loaded here when None)."""
+    the classifier of own, the checkpoint's own data (loaded here from its record when None)."""
     try:
-        own = own if own is not None else load_data(params, log=lambda _: None)
+        own = own if own is not None else load_trained(params, record, args.load_path, log=lambda _: None)
     except utils.InputError as e:
         return [f"Sample quality: skipped, the checkpoint's training data is needed for its classifier ({e})"]
     if len(own.classes) < 2:
@@ -108,10 +112,12 @@ def sample_quality(model, own, params, x, y, args, device):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = utils.pick_device(args.device)
+    device = utils.pick_device(args.device, '-device {}')
     model, params, ckpt = utils.load_model(args.load_path, device)
+    out = utils.writable_dir(args.out_dir, '-out_dir')  # before any work
     params = {**train.params, **params}  # 2019 checkpoints name no data settings: the defaults
-    own = load_data(params) if args.data is None else None  # with -data, needed only for the classifier
+    # the checkpoint's own data; with -data it is needed only for the classifier, loaded there
+    own = load_trained(params, ckpt.get('data'), args.load_path) if args.data is None else None
     x, y, where = scored_images(own, params, ckpt.get('classes') or [], bool(model.num_classes), args.data)
     if len(x) == 0:
         raise utils.InputError(f"{where}: no images; nothing to evaluate.")
@@ -123,15 +129,15 @@ def main(argv=None):
     print(f"  negative ELBO      {found['elbo']:8.2f} nats per image (reconstruction {found['recon']:.2f} "
           f"+ KL {found['kl']:.2f}), averaged over {args.k} posterior samples")
     print(f"  IWAE bound, k={args.k:<4}{found['iwae']:8.2f} nats per image (an upper bound on -log p(x), "
-          f"tighter than the ELBO)")
+          + ("tighter than the ELBO)" if args.k > 1 else "with k=1 the ELBO itself; k > 1 tightens it)"))
     print(f"  bits per dimension {found['elbo'] / dims / math.log(2):8.4f} (ELBO), "
           f"{found['iwae'] / dims / math.log(2):.4f} (IWAE)")
     print("  KL per glimpse     " + ' '.join(f'{v:.1f}' for v in found['kl_t']))
-    path = Path(args.out_dir) / 'kl_per_glimpse.png'
+    path = out / 'kl_per_glimpse.png'
     utils.plot_kl(path, found['kl_t'], f"{Path(args.load_path).name}: KL per glimpse, {found['kl']:.1f} nats in all")
     print(f"  wrote {path}")
     if args.num_samples:
-        print('\n'.join(sample_quality(model, own, params, x, y, args, device)))
+        print('\n'.join(sample_quality(model, own, params, ckpt.get('data'), x, y, args, device)))
 
 
 if __name__ == '__main__':

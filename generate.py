@@ -11,32 +11,36 @@ write (red) windows of every glimpse.
 """
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
 import figures
 import train
 import utils
-from dataloader import glyphs_of, load_data_for, select_classes, to_input
+from dataloader import glyphs_of, load_data_for, load_trained, select_classes, to_input
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('-load_path', required=True, help='checkpoint file, e.g. checkpoint/model_final')
-    parser.add_argument('-num_output', type=int, default=36, help='number of images to draw (default 36)')
-    parser.add_argument('-t', type=int, default=None, help="glimpses to draw (default: the checkpoint's T)")
-    parser.add_argument('-out_dir', default='images', help='folder for the outputs (default images/)')
-    parser.add_argument('-seed', type=int, default=None, help='noise seed, for repeatable draws (default: random)')
-    parser.add_argument('-device', default='auto', help='auto (CUDA when available), cpu or cuda')
+    parser.add_argument(*utils.flag('load_path'), required=True, help='checkpoint file, e.g. checkpoint/model_final')
+    parser.add_argument(*utils.flag('num_output'), type=int, default=36, help='number of images to draw (default 36)')
+    parser.add_argument(*utils.flag('t'), type=int, default=None, help="glimpses to draw (default: the checkpoint's T)")
+    parser.add_argument(*utils.flag('out_dir'), default='images', help='folder for the outputs (default images/)')
+    parser.add_argument(*utils.flag('seed'), type=int, default=None,
+                        help='noise seed, for repeatable draws (default: random)')
+    parser.add_argument(*utils.flag('device'), default='auto', help='auto (CUDA when available), cpu or cuda')
     which = parser.add_mutually_exclusive_group()
-    which.add_argument('-char', help="conditional models: the class to draw, e.g. character_01_ka, ka or क "
-                                     "(comma-separated for several)")
-    which.add_argument('-label', type=int, help='conditional models: the class to draw, by index')
-    which.add_argument('-per_class', type=int, help='conditional models: K images of every class, one row each')
-    which.add_argument('-reconstruct', action='store_true', help='redraw real test images instead of sampling')
-    parser.add_argument('-data', help='with -reconstruct: the data to redraw (default: the checkpoint\'s own)')
-    parser.add_argument('-show_attention', action='store_true', help='draw the write window of every glimpse')
+    which.add_argument(*utils.flag('char'), help="conditional models: the class to draw, e.g. character_01_ka, ka "
+                                                 "or क (comma-separated for several)")
+    which.add_argument(*utils.flag('label'), type=int, help='conditional models: the class to draw, by index')
+    which.add_argument(*utils.flag('per_class'), type=int,
+                       help='conditional models: K images of every class, one row each')
+    which.add_argument(*utils.flag('reconstruct'), action='store_true',
+                       help='redraw real test images instead of sampling')
+    parser.add_argument(*utils.flag('data'),
+                        help='with -reconstruct: the data to redraw (default: the checkpoint\'s own)')
+    parser.add_argument(*utils.flag('show_attention'), action='store_true',
+                        help='draw the write window of every glimpse')
     args = parser.parse_args(argv)
     for flag in ('num_output', 't', 'per_class'):
         value = getattr(args, flag)
@@ -73,7 +77,8 @@ def class_labels(args, model, classes, glyphs):
 
 def reconstruction(model, params, ckpt, args, generator):
     """Real test images, their redrawn canvases (T, n, C, B, A) and each glimpse's (read, write) boxes."""
-    data = load_data_for(params, ckpt.get('classes') or [], args.data)
+    data = load_data_for(params, ckpt.get('classes') or [], args.data) if args.data \
+        else load_trained(params, ckpt.get('data'), args.load_path)
     pick = torch.randperm(len(data.test_x), generator=generator)[:args.num_output]
     x = to_input(data.test_x[pick], params['binarize'], params['channel'], generator).to(model.pixels_a.device)
     y = data.test_y[pick].to(x.device) if model.num_classes else None
@@ -100,13 +105,14 @@ def frames_of(canvases, windows, x=None, ncol=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = utils.pick_device(args.device)
+    device = utils.pick_device(args.device, '-device {}')
     model, params, ckpt = utils.load_model(args.load_path, device)
+    out = utils.writable_dir(args.out_dir, '-out_dir')  # before any work
     params = {**train.params, **params}  # 2019 checkpoints name no data settings: the defaults
     classes = ckpt.get('classes') or []
     glyphs = ckpt.get('glyphs') or glyphs_of(classes, params['dataset'])
     seed = torch.seed() % 2 ** 31 if args.seed is None else args.seed
-    out, start = Path(args.out_dir), time.perf_counter()
+    start = time.perf_counter()
     if args.reconstruct:
         x, canvases, windows = reconstruction(model, params, ckpt, args, torch.Generator().manual_seed(seed))
         utils.save_png(utils.grid(figures.side_by_side(x, canvases[-1])), out / 'Reconstruction.png')

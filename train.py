@@ -1,6 +1,7 @@
 """Train DRAW. Hyperparameters are the params dict below; override any of them from the command
 line for scripted runs:  python train.py epoch_num=1 batch_size=32 dataset=csv
 """
+import re
 import signal
 import sys
 import time
@@ -12,7 +13,7 @@ from tqdm import tqdm
 import classifier
 import distributed
 import utils
-from dataloader import load_data, mean_image, model_inputs, to_input
+from dataloader import load_data, mean_image, model_inputs, plural, to_input
 from draw_model import DRAWModel
 
 params = {
@@ -46,7 +47,7 @@ params = {
     'kl_warmup': 250,  # steps over which the KL's weight in the training objective rises linearly from 0 (0: none)
     'free_bits': 0.25,  # nats: each glimpse's batch-mean KL counts as at least this in the training objective
     'clip': 5.0,  # gradient-norm clipping threshold
-    'precision': 'fp32',  # fp32 | bf16: autocast the model to bfloat16 (CPUs with AVX512-BF16 or AMX, recent GPUs)
+    'precision': 'auto',  # auto: bf16 where native (CPUs with AVX512-BF16 or AMX, bf16 GPUs), else fp32 | fp32 | bf16
     'seed': 0,  # seeds the split, initialisation, noise and data order
     'device': 'auto',  # auto (CUDA when available) | cpu | cuda | cuda:1 ...
     'nonfinite_limit': 10,  # non-finite losses or gradients in a row (each update skipped) before training stops
@@ -152,8 +153,23 @@ def prepare_data(p, device):
     return data, (data.train_x.to(device), data.train_y.to(device)), (test_x, data.test_y.to(device))
 
 
+def usage():
+    """This docstring and every params key with its default and meaning, from the params dict's own
+    comments in this file (one source of truth)."""
+    source = Path(__file__).read_text(encoding='utf-8')
+    block = source[source.index('\nparams = {'):source.index('\n}\n', source.index('\nparams = {'))]
+    lines = [__doc__.strip(), '', 'params (key=value, defaults shown):']
+    for line in block.splitlines()[2:]:
+        key, comment = re.match(r"\s*(?:'(\w+)':.*?)?#\s*(.*)", line).groups()
+        lines.append(f"  {f'{key}={params[key]}':<28}{comment}" if key else f"  -- {comment}")
+    return '\n'.join(lines)
+
+
 def configure(argv):
     """params with the command line's overrides; when resuming, the checkpoint's params under them."""
+    if {'-h', '--help'} & set(argv):
+        print(usage())
+        sys.exit(0)
     p = utils.apply_overrides(params, argv)
     ckpt = None
     if p['resume']:
@@ -169,6 +185,10 @@ def configure(argv):
         if changed:
             raise utils.InputError(f"{p['resume']}: a resumed run keeps the model it saved; remove "
                                    f"{', '.join(changed)}.")
+        if ckpt.get('epoch', 0) >= p['epoch_num'] and not ckpt.get('batch'):
+            raise utils.InputError(f"{p['resume']}: finished epoch {ckpt['epoch']} of epoch_num={p['epoch_num']}; "
+                                   f"nothing to do. To train on, raise epoch_num, e.g. resume={p['resume']} "
+                                   f"epoch_num={ckpt['epoch'] + 10}.")
     utils.check_params(p)
     return p, ckpt
 
@@ -253,6 +273,8 @@ def sample_scorer(data, train, test, p):
 
 def main(argv=None):
     p, ckpt = configure(sys.argv[1:] if argv is None else argv)
+    for key in ('checkpoint_dir', 'image_dir'):  # proven writable now, not at the first save
+        utils.writable_dir(p[key], key)
     device = distributed.start(p['device'])
     try:
         train_on(p, ckpt, device)
@@ -261,6 +283,7 @@ def main(argv=None):
 
 
 def train_on(p, ckpt, device):
+    precision, why = utils.resolve_precision(p['precision'], device)
     utils.seed_everything(p['seed'])
     data, train, test = prepare_data(p, device)
     model = DRAWModel(p, len(data.classes)).to(device)
@@ -273,17 +296,17 @@ def train_on(p, ckpt, device):
         path = Path(p['checkpoint_dir']) / name
         if distributed.rank() == 0:
             utils.save_checkpoint(path, model, optimizer, p, **state, classes=data.classes, glyphs=data.glyphs,
-                                  rng=utils.rng_state())
+                                  data=data.record(p), rng=utils.rng_state())
         return path
 
     resumed = f", resuming after epoch {state['epoch']} step {state['batch']}" if ckpt else ''
     processes = f" in each of {distributed.world()} processes" if distributed.world() > 1 else ''
-    log(f"Training on {device}: {sum(w.numel() for w in model.parameters()):,} parameters, "
-        f"{p['epoch_num']} epochs of {len(train[0])} images, batch {p['batch_size']}{processes}{resumed}.")
+    log(f"Training on {device} in {precision} ({why}): {sum(w.numel() for w in model.parameters()):,} parameters, "
+        f"{plural(p['epoch_num'], 'epoch')} of {len(train[0])} images, batch {p['batch_size']}{processes}{resumed}.")
     if distributed.world() > 1:
         torch.manual_seed(p['seed'] + distributed.rank())  # each process its own noise; the order is rank 0's
     scorer = sample_scorer(data, train, test, p) if p['sample_scores'] and distributed.rank() == 0 else None
-    run_epochs(model, optimizer, train, test, p, state, save, scorer)
+    run_epochs(model, optimizer, train, test, {**p, 'precision': precision}, state, save, scorer)
     path = save('model_final')
     log(f"Saved {path}. Draw with: python generate.py -load_path {path} -num_output 64")
 

@@ -1,4 +1,6 @@
 """Helpers shared by train.py and generate.py: errors, config, devices, checkpoints, images, plots."""
+import errno
+import io
 import math
 import os
 import random
@@ -6,7 +8,6 @@ import re
 import signal
 import sys
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -99,7 +100,7 @@ def check_params(params):
         'test_split': (lambda v: 0 < v < 1, 'a fraction between 0 and 1'),
         'seed': (lambda v: 0 <= v < 2 ** 32, 'an integer from 0 to 2**32 - 1'),
         'binarize': (lambda v: v in ('none', 'threshold', 'sample'), "'none', 'threshold' or 'sample'"),
-        'precision': (lambda v: v in ('fp32', 'bf16'), "'fp32' or 'bf16'"),
+        'precision': (lambda v: v in ('auto', 'fp32', 'bf16'), "'auto', 'fp32' or 'bf16'"),
     })
     for key, (ok, what) in rules.items():
         if key in params and not ok(params[key]):
@@ -119,8 +120,14 @@ def apply_overrides(params, args):
     return params
 
 
-def pick_device(name):
-    """'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N' or 'mps', checked against this machine."""
+def flag(name):
+    """generate.py's and evaluate.py's spellings of a flag: -name, as the 2019 scripts had it, and --name."""
+    return f'-{name}', f'--{name}'
+
+
+def pick_device(name, setting='device={}'):
+    """'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N' or 'mps', checked against this machine.
+    Errors spell the choice as setting does: train.py's 'device={}', the other scripts' '-device {}'."""
     if name == 'auto':
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     try:
@@ -128,12 +135,42 @@ def pick_device(name):
     except RuntimeError:
         device = None
     if device is None or device.type not in ('cpu', 'cuda', 'mps'):
-        raise InputError(f"device={name!r} is not a device to train on; use auto, cpu, cuda or cuda:N.")
+        raise InputError(f"{setting.format(name)} is not a device; use {setting.format('auto')}, cpu, cuda or cuda:N.")
     if (device.type == 'cuda' and (device.index or 0) >= torch.cuda.device_count()) or \
             (device.type == 'mps' and not torch.backends.mps.is_available()):
-        raise InputError(f"device={name!r} is not available here ({torch.cuda.device_count()} CUDA devices); "
-                         f"use device=auto or cpu.")
+        raise InputError(f"{setting.format(name)} is not available here ({torch.cuda.device_count()} CUDA "
+                         f"devices); use {setting.format('auto')} or {setting.format('cpu')}.")
     return device
+
+
+def native_bf16(device, cpuinfo='/proc/cpuinfo'):
+    """Why bfloat16 runs at full speed on device, or None where it is emulated (and slower than fp32):
+    CUDA GPUs with bf16 units (Ampere on), CPUs with AVX512-BF16 or AMX (the flags in Linux's cpuinfo)."""
+    if device.type == 'cuda':
+        return 'a CUDA GPU with bf16 units' if torch.cuda.is_bf16_supported(including_emulation=False) else None
+    if device.type == 'cpu':
+        try:
+            flags = set(re.findall(r'^flags\s*:(.*)$', Path(cpuinfo).read_text(), re.M)[0].split())
+        except (OSError, IndexError):
+            return None
+        found = sorted({'avx512_bf16', 'amx_bf16'} & flags)
+        return f"a CPU with {' and '.join(f.upper() for f in found)}" if found else None
+    return None
+
+
+def resolve_precision(name, device):
+    """(the precision to train in, why): 'auto' is bf16 where it is native to device, fp32 elsewhere;
+    an explicit bf16 where it is not native is refused (it runs up to 15x slower than fp32 there)."""
+    native = native_bf16(device)
+    if name == 'fp32':
+        return 'fp32', 'precision=fp32'
+    if native:
+        return 'bf16', f"precision={name}, {native}"
+    if name == 'bf16':
+        raise InputError(f"precision=bf16: {device} has no native bfloat16 (a CPU with AVX512-BF16 or AMX, or a "
+                         f"GPU with bf16 units), where it runs many times slower than fp32; use precision=auto "
+                         f"or fp32.")
+    return 'fp32', f"precision=auto, no native bf16 on {device}"
 
 
 def seed_everything(seed):
@@ -161,29 +198,67 @@ def set_rng_state(state):
 
 
 # -- files, written atomically: a crash mid-write leaves any previous file whole ---------------
-@contextmanager
-def atomic_path(path):
-    """Yields a temporary name beside path; renames it onto path only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix=path.suffix)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
+class WriteError(Stopped):
+    """A file could not be written (no space, no permission, read-only, name too long...): the earlier
+    file under its name is unchanged."""
+
+    def __init__(self, path, error):
+        cause = error.strerror or str(error)
+        hint = '; free some space and run again' if error.errno in (errno.ENOSPC, errno.EDQUOT) else ''
+        super().__init__(f"could not write {path}: {cause}{hint}. Any earlier {Path(path).name} there is unchanged.")
+
+
+def write_atomic(path, data):
+    """bytes -> path through a temporary file beside it, renamed onto path only once whole on disk; an
+    OSError becomes a WriteError naming path, with the temporary file removed."""
+    path, tmp = Path(path), None
     try:
-        yield tmp
-        with open(tmp, 'rb+') as f:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name[:64]}.', suffix='.tmp')
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+            f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        umask = os.umask(0)
+        os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
         os.replace(tmp, path)
+    except OSError as e:
+        raise WriteError(path, e) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.remove(tmp)
 
 
 def atomic_save(obj, path):
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save, serialised in memory first: torch's own file writer reports a full disk as an
+    internal error, a plain write as the OSError it is."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, buffer.getbuffer())
+
+
+def save_cache(obj, path, log=print):
+    """atomic_save for a cache: a file that cannot be written is a warning, and the work is redone next time."""
+    try:
+        atomic_save(obj, path)
+    except WriteError as e:
+        log(f"warning: {e} Not cached: it is redone next time.")
+
+
+def writable_dir(folder, name):
+    """folder, created if missing and proven writable now (a file made and removed in it), or an
+    InputError naming the setting name and the reason: found before any work, not at the first save."""
+    folder = Path(folder).expanduser()
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, 'it is a file, not a folder')
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise InputError(f"{name} {folder}: cannot write there ({e.strerror or e}); choose another folder.") from None
+    return folder
 
 
 def save_checkpoint(path, model, optimizer, params, **extra):
@@ -273,8 +348,7 @@ def grid(images, scale=2, ncol=None):
 
 def save_png(picture, path):
     """A uint8 picture (H, W) or (H, W, 3), as grid makes."""
-    with atomic_path(path) as tmp:
-        iio.imwrite(tmp, picture, extension='.png')
+    write_atomic(path, iio.imwrite('<bytes>', picture, extension='.png'))
 
 
 def save_grid(images, path):
@@ -289,9 +363,8 @@ def save_gif(frames, path, frame_ms=100, hold_ms=2000):
         bar = np.zeros((6, *frame.shape[1:]), dtype=np.uint8)
         bar[2:5, :math.ceil(frame.shape[1] * (t + 1) / len(frames))] = 255
         out.append(np.concatenate((frame, bar)))
-    with atomic_path(path) as tmp:
-        iio.imwrite(tmp, np.stack(out), extension='.gif', loop=0,
-                    duration=[frame_ms] * (len(out) - 1) + [hold_ms])
+    write_atomic(path, iio.imwrite('<bytes>', np.stack(out), extension='.gif', loop=0,
+                                   duration=[frame_ms] * (len(out) - 1) + [hold_ms]))
 
 
 def plot_losses(path, train_losses, steps_per_epoch, test_bounds):
@@ -338,6 +411,7 @@ def plot_kl(path, kl_per_glimpse, title):
 
 
 def save_figure(fig, path):
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches='tight', format='png')
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=120, bbox_inches='tight', format='png')
     plt.close(fig)
+    write_atomic(path, buffer.getbuffer())

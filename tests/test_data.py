@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 import dataloader
+import train
 from conftest import csv_lines, shared
 from utils import InputError
 
@@ -341,11 +342,13 @@ def test_class_absent_from_test_split(tmp_path, spec):
 
 # -- choosing the source ------------------------------------------------------------------------
 @pytest.mark.parametrize('make_dir', [True, False])
-def test_builtin_when_no_data(tmp_path, monkeypatch, make_dir):
+def test_builtin_when_the_default_data_folder_is_absent_or_empty(tmp_path, monkeypatch, make_dir):
     monkeypatch.setattr(dataloader, 'BUILTIN_PER_CLASS', (2, 1))
+    monkeypatch.chdir(tmp_path)
     if make_dir:
         (tmp_path / 'data').mkdir()
-    ds, log = load(tmp_path)
+    ds, log = load(tmp_path, data_path=dataloader.DEFAULT_DATA_PATH)
+    assert dataloader.DEFAULT_DATA_PATH == train.params['data_path']
     assert any('built-in' in m for m in log)
     assert (len(ds.train_x), len(ds.test_x), len(ds.classes)) == (92, 46, 46)
 

@@ -1,11 +1,14 @@
 """Bad input to the scripts: each case a clear message naming the problem, never a traceback."""
+import errno
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 import generate
 import train
+import utils
 from conftest import TINY, run, write_tiny_csv
 from utils import InputError
 
@@ -74,7 +77,7 @@ def test_generate_rejects_bad_flags(args, message, capsys):
     ('learning_rate=fast', "learning_rate='fast': expected float"),
     ('T=0', 'T=0: must be at least 1'),
     ('nonfinite_limit=0', 'nonfinite_limit=0: must be at least 1'),
-    ('precision=fp16', "precision='fp16': must be 'fp32' or 'bf16'"),
+    ('precision=fp16', "precision='fp16': must be 'auto', 'fp32' or 'bf16'"),
     ('write_N=1', 'write_N=1: must be at least 2'),
     ('binarize=yes', "binarize='yes': must be 'none', 'threshold' or 'sample'"),
     ('test_split=1.5', 'test_split=1.5: must be a fraction'),
@@ -86,6 +89,14 @@ def test_train_rejects_bad_overrides(override, message, tmp_path):
     with pytest.raises(InputError) as error:
         train.main([*TINY, f'data_path={tmp_path}', 'dataset=builtin', f'cache_dir={tmp_path}', override])
     assert message in str(error.value)
+
+
+def test_bf16_where_it_is_not_native_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(utils, 'native_bf16', lambda device: None)
+    with pytest.raises(InputError, match='precision=bf16: cpu has no native bfloat16'):
+        train.main([*TINY, f'data_path={tmp_path}', 'dataset=builtin', f'cache_dir={tmp_path}',
+                    f'image_dir={tmp_path}/images', 'precision=bf16'])
+    assert not (tmp_path / 'images' / 'Training_Data.png').exists()
 
 
 def test_errors_reach_the_user_as_one_line(trained, tmp_path):
@@ -112,3 +123,89 @@ def test_a_conditional_checkpoint_without_its_classes_is_refused(trained_conditi
     torch.save(ckpt, tmp_path / 'no_classes')
     with pytest.raises(InputError, match='class names is missing'):
         generate.main(['-load_path', str(tmp_path / 'no_classes')])
+
+
+# -- a user's first hour --------------------------------------------------------------------------
+@pytest.mark.parametrize('key', ['checkpoint_dir', 'image_dir'])
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path, key):
+    (tmp_path / 'taken').write_text('a file')
+    with pytest.raises(InputError) as error:
+        train.main([*TINY, 'dataset=builtin', f'cache_dir={tmp_path / "cache"}', f'image_dir={tmp_path / "images"}',
+                    f'checkpoint_dir={tmp_path / "checkpoint"}', f'{key}={tmp_path / "taken"}'])
+    assert str(error.value) == f"{key} {tmp_path / 'taken'}: cannot write there (it is a file, not a folder); " \
+                               f"choose another folder."
+    assert not (tmp_path / 'cache').exists()  # no data decoded, nothing trained
+
+
+def test_an_output_folder_without_write_permission_is_refused(tmp_path, monkeypatch):
+    real = utils.tempfile.TemporaryFile
+
+    def denied(dir):  # what a read-only or foreign folder answers (root, as in CI, would be let in)
+        if Path(dir).name == 'ro':
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return real(dir=dir)
+    monkeypatch.setattr(utils.tempfile, 'TemporaryFile', denied)
+    with pytest.raises(InputError, match=r'image_dir .*/ro: cannot write there \(Permission denied\)'):
+        train.main([*TINY, 'dataset=builtin', f'cache_dir={tmp_path}', f'image_dir={tmp_path / "ro"}',
+                    f'checkpoint_dir={tmp_path / "checkpoint"}'])
+
+
+def test_out_dir_of_generate_and_evaluate_is_checked_with_its_own_syntax(trained, tmp_path):
+    work, _ = trained
+    (tmp_path / 'taken').write_text('a file')
+    for script in ('generate.py', 'evaluate.py'):
+        out = run(script, '--load_path', str(work / 'checkpoint' / 'model_final'), '--out_dir', str(tmp_path / 'taken'),
+                  cwd=work)
+        assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+            f"error: -out_dir {tmp_path / 'taken'}: cannot write there (it is a file, not a folder); choose another "
+            f"folder."]
+
+
+@pytest.mark.parametrize('given, says', [
+    ('nowhere.csv', 'no such file'),
+    ('nowhere', 'no such file or folder'),
+    ('~/surely_not_here_42/data.csv.gz', 'no such file'),
+])
+def test_a_data_path_that_does_not_exist_is_an_error_not_the_builtin_set(tmp_path, monkeypatch, given, says):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError) as error:
+        train.main([*TINY, f'data_path={given}'])
+    expanded = os.path.expanduser(given)
+    assert str(error.value).startswith(f"data_path {expanded}: {says} (from {tmp_path})")
+    assert '~' not in str(error.value)
+
+
+def test_a_given_folder_without_data_is_an_error(tmp_path, monkeypatch):
+    (tmp_path / 'mine').mkdir()
+    with pytest.raises(InputError, match='data_path .*mine: no data found in this folder'):
+        train.main([*TINY, f'data_path={tmp_path / "mine"}'])
+
+
+def test_train_help_lists_every_key_with_its_default_and_meaning(tmp_path):
+    for flag in ('--help', '-h'):
+        out = run('train.py', flag, cwd=tmp_path)
+        assert out.returncode == 0 and out.stdout.startswith(train.__doc__.strip()[:40])
+        lines = {line.split()[0]: line for line in out.stdout.splitlines() if '=' in line[:40] and line[:2] == '  '}
+        for key, value in train.params.items():
+            assert f'{key}={value}' in lines, key
+            assert len(lines[f'{key}={value}'].split(None, 1)) == 2, f'{key} has no comment'
+        assert not list(tmp_path.iterdir())  # only help: nothing written
+
+
+def test_generate_and_evaluate_errors_speak_their_own_syntax(trained):
+    work, _ = trained
+    for script in ('generate.py', 'evaluate.py'):
+        out = run(script, '-load_path', str(work / 'checkpoint' / 'model_final'), '-device', 'tpu', cwd=work)
+        assert out.returncode == 2 and "error: -device tpu is not a device; use -device auto" in out.stderr
+        assert 'device=' not in out.stderr
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_do(trained):
+    work, _ = trained
+    final = work / 'checkpoint' / 'model_final'
+    before = final.read_bytes()
+    out = run('train.py', f'resume={final}', cwd=work)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        f"error: {final}: finished epoch 2 of epoch_num=2; nothing to do. To train on, raise epoch_num, "
+        f"e.g. resume={final} epoch_num=12."]
+    assert final.read_bytes() == before

@@ -1,5 +1,7 @@
 """evaluate.py: its bounds against a likelihood computed by quadrature, the Fréchet distance against
 its closed form, and the script end to end."""
+import contextlib
+import io
 import math
 import re
 
@@ -9,8 +11,10 @@ import torch
 import torch.nn.functional as F
 
 import classifier
+import dataloader
 import evaluate
-from conftest import csv_lines, run, shared
+import train
+from conftest import TINY, csv_lines, run, shared, write_tiny_csv
 from dataloader import load_data, model_inputs
 from draw_model import DRAWModel
 from train import params as DEFAULTS
@@ -152,7 +156,7 @@ def test_evaluate_scores_every_image_of_a_held_out_file_with_the_models_own_clas
               '-data', str(held_out), cwd=work)
     assert out.returncode == 0, out.stderr
     assert 'on every image of csv' in out.stdout and ': 14 images, 1024 dimensions' in out.stdout
-    assert "1 of its classes are not the model's (character_02_kha)" in out.stdout
+    assert "1 class not the model's (character_02_kha)" in out.stdout
     assert "right on the file's 12 images of its classes" in out.stdout and 'real (file)' in out.stdout
     own = run('evaluate.py', '-load_path', 'checkpoint/model_final', '-k', '2', '-num_samples', '4', cwd=work)
     trained_on = re.search(r'(\d+\.\d)% right on the test split', own.stdout).group(1)
@@ -164,3 +168,37 @@ def test_evaluate_refuses_bad_flags(trained, tmp_path):
     for flags, message in ((['-k', '0'], '-k must be a positive'), (['-data', str(tmp_path / 'none.csv')], 'none.csv')):
         out = run('evaluate.py', '-load_path', 'checkpoint/model_final', *flags, cwd=work)
         assert out.returncode == 2 and message in out.stderr and 'Traceback' not in out.stderr
+
+
+def test_without_data_the_checkpoint_is_scored_on_the_data_it_learned(trained, tmp_path):
+    """The checkpoint records its data (source, absolute path, fingerprint): evaluate.py finds it from
+    any folder, and refuses, naming both, when what is there now is other data."""
+    work, _ = trained
+    record = torch.load(work / 'checkpoint' / 'model_final', weights_only=True)['data']
+    assert record['dataset'] == 'csv' and record['data_path'] == str(work / 'data') and record['fingerprint']
+    elsewhere = run('evaluate.py', '--load_path', str(work / 'checkpoint' / 'model_final'), '--k', '1',
+                    '--num_samples', '0', '--out_dir', str(tmp_path), cwd=tmp_path)  # no data/ here
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert f"on the test split of csv {work / 'data' / 'data.csv'}: 6 images" in elsewhere.stdout
+    assert 'with k=1 the ELBO itself' in elsewhere.stdout
+    ckpt = torch.load(work / 'checkpoint' / 'model_final', weights_only=True)
+    for change, message in (({'fingerprint': '0123456789abcdef'}, 'but what is found there now differs'),
+                            ({'data_path': str(tmp_path / 'moved')}, 'which cannot be read now')):
+        torch.save({**ckpt, 'data': {**record, **change}}, tmp_path / 'other')
+        for script in ('evaluate.py', 'generate.py'):
+            flags = ['-reconstruct'] if script == 'generate.py' else ['-k', '1']
+            out = run(script, '-load_path', str(tmp_path / 'other'), *flags, '-out_dir', str(tmp_path), cwd=work)
+            assert out.returncode == 2 and message in out.stderr and 'Traceback' not in out.stderr
+            assert f"{tmp_path / 'other'} learned csv" in out.stderr
+            assert out.stderr.strip().endswith('Give the data to use with -data PATH.')
+
+
+def test_a_builtin_model_is_not_scored_on_a_csv_put_in_data_later(tmp_path, monkeypatch):
+    monkeypatch.setattr(dataloader, 'BUILTIN_PER_CLASS', (2, 1))
+    monkeypatch.chdir(tmp_path)
+    train.main([*TINY, 'epoch_num=1', 'cache_dir=cache'])  # data/ absent: the built-in set
+    write_tiny_csv(tmp_path)  # the user adds data.csv afterwards
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        evaluate.main(['-load_path', 'checkpoint/model_final', '-k', '1', '-num_samples', '0'])
+    assert 'on the test split of built-in rendered Devanagari: 46 images' in out.getvalue()

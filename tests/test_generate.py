@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import generate
-from conftest import run
+from conftest import csv_lines, run
 from draw_model import DRAWModel
 
 
@@ -107,3 +107,14 @@ def test_reconstruct_shows_the_image_beside_its_canvas(trained, tmp_path):
     assert png.shape == (2 * (2 * 34 + 2), 2 * (2 * 67 + 2))  # 2x2 pairs of 65-px-wide images
     out = run('generate.py', '-load_path', 'checkpoint/model_final', '-reconstruct', '-data', 'nowhere', cwd=work)
     assert out.returncode == 2 and 'nowhere' in out.stderr
+
+
+def test_reconstruct_of_other_data_lists_the_classes_it_leaves_out(trained_conditional, tmp_path):
+    images = np.random.default_rng(5).integers(0, 256, (12, 32, 32), dtype=np.uint8)
+    other = tmp_path / 'other.csv'
+    other.write_text('\n'.join(csv_lines(images, ['character_01_ka', 'character_02_kha', 'character_03_ga'] * 4)))
+    out = run('generate.py', '--load_path', 'checkpoint/model_final', '--reconstruct', '--num_output', '2',
+              '--out_dir', str(tmp_path), '--data', str(other), cwd=trained_conditional)
+    assert out.returncode == 0, out.stderr
+    assert f"{other}: 2 classes not the model's, their images left out: character_02_kha, character_03_ga." \
+        in out.stdout

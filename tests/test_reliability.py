@@ -1,10 +1,12 @@
 """Nothing lost: exact resume, safe interruption, non-finite guards, atomic writes, stale caches."""
+import errno
 import hashlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -161,26 +163,71 @@ def test_a_skipped_step_leaves_the_weights_unchanged(work, monkeypatch):
     assert all(torch.equal(initial[k], w) for k, w in ckpt['model'].items())
 
 
+def fail_writes(monkeypatch, code, name=''):
+    """Every file write whose target's name contains name fails as write_atomic reports an
+    OSError(code) (tested on the real writer below)."""
+    real = utils.write_atomic
+
+    def write(path, data):
+        if name not in Path(path).name:
+            return real(path, data)
+        raise utils.WriteError(path, OSError(code, os.strerror(code)))
+    monkeypatch.setattr(utils, 'write_atomic', write)
+
+
 @pytest.mark.parametrize('write', [
     lambda path: utils.atomic_save({'x': torch.zeros(1000)}, path),
     lambda path: utils.save_grid(torch.rand(4, 1, 8, 8), path),
     lambda path: utils.save_gif([utils.grid(c) for c in torch.rand(3, 4, 1, 8, 8)], path),
+    lambda path: utils.plot_losses(path, [3.0, 2.0, 1.0], 3, [1.5]),
 ])
-def test_a_crash_mid_write_leaves_the_previous_file_whole(tmp_path, monkeypatch, write):
-    path = tmp_path / 'out.gif'
+@pytest.mark.parametrize('code, cause', [(errno.ENOSPC, 'No space left on device; free some space and run again'),
+                                         (errno.EACCES, 'Permission denied'), (errno.EROFS, 'Read-only file system')])
+def test_a_failed_write_names_the_file_and_keeps_the_previous_one(tmp_path, monkeypatch, write, code, cause):
+    path = tmp_path / 'out.file'
     write(path)
     before = digest(path)
+    calls = []
 
-    def crash(*args, **kwargs):
-        with open(args[1] if isinstance(args[0], dict) else args[0], 'wb') as f:
-            f.write(b'partial')
-        raise OSError('disk full')
-
-    monkeypatch.setattr(torch, 'save', crash)
-    monkeypatch.setattr(utils.iio, 'imwrite', crash)
-    with pytest.raises(OSError, match='disk full'):
+    def fsync(fd):  # the real writer, failing where a full disk fails: when the bytes must reach it
+        calls.append(fd)
+        raise OSError(code, os.strerror(code))
+    monkeypatch.setattr(utils.os, 'fsync', fsync)
+    with pytest.raises(utils.WriteError) as error:
         write(path)
-    assert digest(path) == before and os.listdir(tmp_path) == ['out.gif']
+    assert calls and str(error.value) == f"could not write {path}: {cause}. Any earlier out.file there is unchanged."
+    assert digest(path) == before and os.listdir(tmp_path) == ['out.file']  # no temporary file left
+
+
+def test_a_name_too_long_is_a_write_error(tmp_path):
+    with pytest.raises(utils.WriteError, match='File name too long'):
+        utils.save_grid(torch.rand(1, 1, 4, 4), tmp_path / ('x' * 300 + '.png'))
+    assert os.listdir(tmp_path) == []
+
+
+def test_disk_full_at_a_checkpoint_stops_training_with_one_line(work, monkeypatch, capsys):
+    checkpoints = train_in(work, 'epoch_num=1', 'save_epoch=1', out='run')
+    before = digest(checkpoints / 'model_epoch_1')
+    fail_writes(monkeypatch, errno.ENOSPC, name='model_epoch_1')
+    with pytest.raises(SystemExit) as exit_:
+        utils.run(lambda: train_in(work, 'epoch_num=1', 'save_epoch=1', out='run'))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 1 and len(err) == 1
+    assert err[0] == (f"stopped: could not write {checkpoints / 'model_epoch_1'}: No space left on device; free "
+                      f"some space and run again. Any earlier model_epoch_1 there is unchanged.")
+    assert digest(checkpoints / 'model_epoch_1') == before
+    assert sorted(os.listdir(checkpoints)) == ['model_epoch_1', 'model_final']
+
+
+def test_a_cache_that_cannot_be_written_is_a_warning(work, monkeypatch):
+    fail_writes(monkeypatch, errno.ENOSPC)
+    messages = []
+    p = {**train.params, 'data_path': str(work / 'data'), 'cache_dir': str(work / 'cache')}
+    data = dataloader.load_data(p, log=messages.append)
+    assert len(data.train_x) + len(data.test_x) == 40
+    assert any(m.startswith('warning: could not write') and m.endswith('Not cached: it is redone next time.')
+               for m in messages)
+    assert not (work / 'cache').exists() or not any((work / 'cache').iterdir())
 
 
 def test_a_stale_cache_is_rebuilt(work):

@@ -2,9 +2,11 @@
 bits) against a plain eager step written out."""
 import copy
 
+import pytest
 import torch
 
 import train
+import utils
 from distributed import Objective
 from draw_model import DRAWModel
 
@@ -98,3 +100,19 @@ def test_bf16_computes_nearly_the_same_loss_and_gradient():
     (l32, g32), (l16, g16) = grads['fp32'], grads['bf16']
     assert abs(l16 - l32) < 0.02 * l32
     assert torch.nn.functional.cosine_similarity(g32, g16.float(), dim=0) > 0.98
+
+
+def test_precision_auto_is_bf16_only_where_native(tmp_path, monkeypatch):
+    cpu = torch.device('cpu')
+    for flags, native in (('fpu sse avx2 fma', None), ('fpu avx512f avx512_bf16', 'AVX512_BF16'),
+                          ('fpu amx_tile amx_bf16', 'AMX_BF16')):
+        (tmp_path / 'cpuinfo').write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        found = utils.native_bf16(cpu, tmp_path / 'cpuinfo')
+        assert (found is None) if native is None else native in found
+    assert utils.native_bf16(cpu, tmp_path / 'absent') is None
+    monkeypatch.setattr(utils, 'native_bf16', lambda device: None)
+    assert utils.resolve_precision('auto', cpu)[0] == 'fp32'
+    with pytest.raises(utils.InputError, match='precision=bf16: cpu has no native bfloat16'):
+        utils.resolve_precision('bf16', cpu)
+    monkeypatch.setattr(utils, 'native_bf16', lambda device: 'a CPU with AVX512_BF16')
+    assert [utils.resolve_precision(name, cpu)[0] for name in ('auto', 'bf16', 'fp32')] == ['bf16', 'bf16', 'fp32']
