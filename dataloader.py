@@ -103,25 +103,27 @@ FINDERS = {  # in the order 'auto' tries them
 }
 
 
-def find_source(dataset, data_path):
+def find_source(dataset, data_path, setting='data_path'):
     """(source kind, path) for the dataset key; ('builtin', reason) when 'auto' finds nothing at the
-    default data_path. A data_path the user gave must hold data (~ is expanded)."""
+    default data_path. A path the user gave must hold data (~ is expanded); errors name it as setting
+    (train.py's data_path, or another script's flag)."""
     if dataset not in SOURCES:
         raise InputError(f"dataset={dataset!r} is not a source; choose one of {', '.join(SOURCES)}.")
     if dataset == 'builtin':
         return 'builtin', 'dataset=builtin'
-    fallback = dataset == 'auto' and data_path == Path(DEFAULT_DATA_PATH)
+    fallback = setting == 'data_path' and dataset == 'auto' and data_path == Path(DEFAULT_DATA_PATH)
     data_path = data_path.expanduser()
     if data_path.is_file():
         if dataset in ('auto', 'csv') and data_path.name.lower().endswith(('.csv', '.csv.gz')):
             return 'csv', data_path
-        raise InputError(f"data_path {data_path} is a file but not a .csv or .csv.gz; "
-                         f"point data_path at a CSV or at the folder holding the data.")
+        raise InputError(f"{setting} {data_path} is a file but not a .csv or .csv.gz; "
+                         f"point {setting} at a CSV or at the folder holding the data.")
     if not data_path.is_dir():
         if not fallback:
             kind = 'file' if data_path.name.lower().endswith(('.csv', '.csv.gz')) else 'file or folder'
-            raise InputError(f"data_path {data_path}: no such {kind} (from {Path.cwd()}); give the path of your "
-                             f"data, or leave data_path out for the built-in set.")
+            hint = ', or leave data_path out for the built-in set' if setting == 'data_path' else ''
+            raise InputError(f"{setting} {data_path}: no such {kind} (from {Path.cwd()}); give the path of your "
+                             f"data{hint}.")
         return 'builtin', f"{data_path}/ does not exist"
     for kind, finder in FINDERS.items():
         if dataset in ('auto', kind):
@@ -129,8 +131,8 @@ def find_source(dataset, data_path):
             if path is not None:
                 return kind, path
     if not fallback:
-        raise InputError(f"data_path {data_path}: no {'' if dataset == 'auto' else dataset + ' '}data found in this "
-                         f"folder; the README lists the layouts read.")
+        raise InputError(f"{setting} {data_path}: no {'' if dataset == 'auto' else dataset + ' '}data found in "
+                         f"this folder; the README lists the layouts read.")
     return 'builtin', f"no dataset found in {data_path}/"
 
 
@@ -490,9 +492,7 @@ def class_map(names, classes):
 
 def load_source(params, data_path, log=print):
     """The source at data_path, any format load_data reads, all its classes, as a Dataset."""
-    kind, where = find_source('auto', Path(data_path))
-    if kind == 'builtin':
-        raise InputError(f"-data {data_path}: {where}; give a .csv file or a folder in a layout data/README.md lists.")
+    find_source('auto', Path(data_path), '-data')  # names -data in its errors
     return load_data({**params, 'dataset': 'auto', 'data_path': data_path, 'classes': 'all'}, log)
 
 

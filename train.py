@@ -1,6 +1,7 @@
 """Train DRAW. Hyperparameters are the params dict below; override any of them from the command
 line for scripted runs:  python train.py epoch_num=1 batch_size=32 dataset=csv
 """
+import math
 import re
 import signal
 import sys
@@ -42,7 +43,8 @@ params = {
     # optimisation
     'batch_size': 128,  # images per step
     'epoch_num': 50,  # passes over the training split
-    'learning_rate': 1e-3,  # Adam step size
+    'learning_rate': 2e-3,  # Adam step size (at the start, under lr_schedule)
+    'lr_schedule': 'cosine',  # cosine: the step size falls along a half cosine to 0 at epoch_num | constant
     'beta1': 0.5,  # Adam beta1 (beta2 = 0.999)
     'kl_warmup': 250,  # steps over which the KL's weight in the training objective rises linearly from 0 (0: none)
     'free_bits': 0.25,  # nats: each glimpse's batch-mean KL counts as at least this in the training objective
@@ -67,6 +69,14 @@ def kl_weight(p, step):
     """The KL's weight in the training objective at step, counted from 0 over the whole run: a linear
     warm-up over kl_warmup steps, then 1."""
     return min(1.0, (step + 1) / p['kl_warmup']) if p['kl_warmup'] else 1.0
+
+
+def learning_rate(p, step, total):
+    """The step size of step (from 0) of a run of total steps: learning_rate along a half cosine from
+    step 0 to 0 at the end (Loshchilov and Hutter 2017, SGDR without restarts), or constant."""
+    if p['lr_schedule'] == 'constant':
+        return p['learning_rate']
+    return p['learning_rate'] * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
 def train_step(objective, optimizer, x, y, p, step=0):
@@ -94,12 +104,15 @@ def train_steps(objective, optimizer, train_x, train_y, p, state, bar, stop):
     non-finite count are brought up to date. Returns this call's losses and whether it stopped early."""
     bs, losses, oks, mine = p['batch_size'], [], [], distributed.shard(state['order'])
     first_step = state['epoch'] * -(-len(mine) // bs)  # this epoch's first step in the whole run
+    total = p['epoch_num'] * -(-len(mine) // bs)
     every = min(LOG_EVERY, p['nonfinite_limit'])  # a run of nonfinite_limit bad steps is seen within as many more
     in_a_row = torch.tensor(state['bad_in_a_row'], device=train_x.device)
     longest = in_a_row.clone()
     while state['batch'] * bs < len(mine) and not distributed.agree(stop.received, train_x.device,
                                                                      now=len(losses) % every == 0):
         batch = mine[state['batch'] * bs:(state['batch'] + 1) * bs]
+        for group in optimizer.param_groups:
+            group['lr'] = learning_rate(p, first_step + state['batch'], total)
         loss, ok = train_step(objective, optimizer, to_input(train_x[batch], p['binarize'], p['channel']),
                               train_y[batch], p, first_step + state['batch'])
         in_a_row = (in_a_row + 1) * ~ok
@@ -178,7 +191,7 @@ def configure(argv):
             raise utils.InputError(f"{p['resume']}: holds no training state (not written by this train.py); "
                                    f"generate.py can draw from it, but training cannot resume from it.")
         # files from before the recipe keys trained without them: c_0 = 0 (model_params), no warm-up, no free bits
-        saved = {**params, 'kl_warmup': 0, 'free_bits': 0.0,
+        saved = {**params, 'kl_warmup': 0, 'free_bits': 0.0, 'lr_schedule': 'constant',
                  **{k: v for k, v in utils.model_params(p['resume'], ckpt).items() if k in params}}
         p = utils.apply_overrides({**saved, 'resume': p['resume']}, argv)
         changed = [f"{k}={p[k]!r} (checkpoint: {saved[k]!r})" for k in utils.MODEL_KEYS if p[k] != saved[k]]
@@ -273,8 +286,8 @@ def sample_scorer(data, train, test, p):
 
 def main(argv=None):
     p, ckpt = configure(sys.argv[1:] if argv is None else argv)
-    for key in ('checkpoint_dir', 'image_dir'):  # proven writable now, not at the first save
-        utils.writable_dir(p[key], key)
+    for key in ('checkpoint_dir', 'image_dir'):  # proven writable now, not at the first save; ~ expanded
+        p[key] = str(utils.writable_dir(p[key], key))
     device = distributed.start(p['device'])
     try:
         train_on(p, ckpt, device)

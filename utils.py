@@ -8,6 +8,7 @@ import re
 import signal
 import sys
 import tempfile
+from contextlib import suppress
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -100,6 +101,7 @@ def check_params(params):
         'test_split': (lambda v: 0 < v < 1, 'a fraction between 0 and 1'),
         'seed': (lambda v: 0 <= v < 2 ** 32, 'an integer from 0 to 2**32 - 1'),
         'binarize': (lambda v: v in ('none', 'threshold', 'sample'), "'none', 'threshold' or 'sample'"),
+        'lr_schedule': (lambda v: v in ('cosine', 'constant'), "'cosine' or 'constant'"),
         'precision': (lambda v: v in ('auto', 'fp32', 'bf16'), "'auto', 'fp32' or 'bf16'"),
     })
     for key, (ok, what) in rules.items():
@@ -227,7 +229,8 @@ def write_atomic(path, data):
         raise WriteError(path, e) from None
     finally:
         if tmp and os.path.exists(tmp):
-            os.remove(tmp)
+            with suppress(OSError):  # never hides the error that got here
+                os.remove(tmp)
 
 
 def atomic_save(obj, path):

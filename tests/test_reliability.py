@@ -49,9 +49,17 @@ def digest(path):
 
 
 def test_resume_equals_an_uninterrupted_run(work):
-    straight = train_in(work, 'epoch_num=2', out='straight')
-    first = train_in(work, 'epoch_num=1', out='resumed')
-    train_in(work, 'epoch_num=2', f'resume={first / "model_final"}', out='resumed')
+    """A checkpoint of epoch 1 resumed in a new process ends where the run that wrote it ended."""
+    straight = train_in(work, 'epoch_num=2', 'save_epoch=1', out='straight')
+    resumed = train_in(work, 'epoch_num=2', f'resume={straight / "model_epoch_1"}', out='resumed')
+    assert_same_training(load(straight / 'model_final'), load(resumed / 'model_final'))
+
+
+def test_at_a_constant_rate_a_finished_run_extended_equals_a_longer_one(work):
+    """The cosine schedule follows epoch_num, so only a constant rate lets epoch_num grow exactly."""
+    straight = train_in(work, 'epoch_num=2', 'lr_schedule=constant', out='straight')
+    first = train_in(work, 'epoch_num=1', 'lr_schedule=constant', out='extended')
+    train_in(work, 'epoch_num=2', f'resume={first / "model_final"}', out='extended')
     assert_same_training(load(straight / 'model_final'), load(first / 'model_final'))
 
 

@@ -1,5 +1,6 @@
 """train.py and generate.py end to end, as a user runs them, with tiny settings."""
 import re
+import subprocess
 
 import imageio.v3 as iio
 import pytest
@@ -8,7 +9,7 @@ import torch
 import generate
 import train
 import utils
-from conftest import TINY, run
+from conftest import ROOT, TINY, run
 from draw_model import DRAWModel
 
 
@@ -142,7 +143,7 @@ def test_checkpoint_from_before_the_canvas_bias_loads_resumes_and_draws(trained,
     """Files of earlier versions have no canvas_bias (c_0 = 0): they rebuild without one."""
     work, _ = trained
     ckpt = torch.load(work / 'checkpoint' / 'model_epoch_1', map_location='cpu', weights_only=True)
-    for key in ('canvas_bias', 'kl_warmup', 'free_bits'):
+    for key in ('canvas_bias', 'kl_warmup', 'free_bits', 'lr_schedule'):
         del ckpt['params'][key]
     del ckpt['model']['canvas_bias']
     group, state = ckpt['optimizer']['param_groups'][0], ckpt['optimizer']['state']
@@ -157,4 +158,16 @@ def test_checkpoint_from_before_the_canvas_bias_loads_resumes_and_draws(trained,
               f'image_dir={tmp_path / "im"}', cwd=work)
     assert out.returncode == 0 and 'epoch 2/2' in out.stdout, out.stderr
     resumed = torch.load(tmp_path / 'ck' / 'model_final', weights_only=True)['params']
-    assert (resumed['canvas_bias'], resumed['kl_warmup'], resumed['free_bits']) == (False, 0, 0.0)  # as it was trained
+    assert (resumed['canvas_bias'], resumed['kl_warmup'], resumed['free_bits'], resumed['lr_schedule']) == \
+        (False, 0, 0.0, 'constant')  # as it was trained
+
+
+def test_every_file_the_scripts_write_stays_out_of_git():
+    if not (ROOT / '.git').exists():
+        pytest.skip('not a git checkout')
+    written = ['images/Training_Data.png', 'images/Loss_Curve.png', 'images/draw_epoch_10.gif',
+               'images/Generated_Image.png', 'images/draw_generate.gif', 'images/Reconstruction.png',
+               'images/draw_reconstruct.gif', 'images/kl_per_glimpse.png', 'checkpoint/model_final',
+               'checkpoint/model_epoch_10', 'checkpoint/model_interrupted', 'data/.cache/csv-0123.pt', 'data/data.csv']
+    out = subprocess.run(['git', 'check-ignore', '--no-index', *written], cwd=ROOT, capture_output=True, text=True)
+    assert sorted(out.stdout.split()) == sorted(written)

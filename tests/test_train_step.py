@@ -1,6 +1,8 @@
 """train.py's training step (fused Adam, no host synchronisation, optional bf16, warm-ups and free
 bits) against a plain eager step written out."""
 import copy
+import math
+import types
 
 import pytest
 import torch
@@ -72,6 +74,31 @@ def test_the_kl_weight_ramps_linearly_and_then_holds():
     p = {**P, 'kl_warmup': 10}
     assert [train.kl_weight(p, s) for s in (0, 3, 9, 10 ** 6)] == [0.1, 0.4, 1.0, 1.0]
     assert train.kl_weight({**p, 'kl_warmup': 0}, 0) == 1.0
+
+
+def test_the_cosine_schedule_falls_from_the_learning_rate_to_zero_at_the_last_epoch():
+    p = {**P, 'learning_rate': 2e-3}
+    assert [train.learning_rate(p, s, 100) for s in (0, 50, 100, 150)] == pytest.approx([2e-3, 1e-3, 0, 0], abs=1e-12)
+    assert train.learning_rate(p, 25, 100) == pytest.approx(1e-3 * (1 + math.cos(math.pi / 4)))
+    assert {train.learning_rate({**p, 'lr_schedule': 'constant'}, s, 100) for s in (0, 99, 200)} == {2e-3}
+
+
+def test_each_step_trains_at_the_schedules_rate(monkeypatch):
+    """Two epochs of 3 steps: the Adam group's step size at each step is the schedule's."""
+    seen, step = [], train.train_step
+
+    def recording(objective, optimizer, *args):
+        seen.append(optimizer.param_groups[0]['lr'])
+        return step(objective, optimizer, *args)
+    monkeypatch.setattr(train, 'train_step', recording)
+    model, optimizer = setup()
+    p, images = {**P, 'batch_size': 16, 'epoch_num': 2}, torch.zeros(48, 1, 12, 12, dtype=torch.uint8)
+    bar = types.SimpleNamespace(update=lambda n: None, set_postfix=lambda **shown: None)
+    stop = types.SimpleNamespace(received=None)
+    for epoch in range(2):
+        state = {**train.fresh_state(), 'epoch': epoch, 'order': torch.randperm(48)}
+        train.train_steps(Objective(model), optimizer, images, torch.zeros(48, dtype=torch.long), p, state, bar, stop)
+    assert seen == pytest.approx([train.learning_rate(p, s, 6) for s in range(6)]) and seen[0] == p['learning_rate']
 
 
 def test_a_non_finite_step_changes_nothing_not_even_adams_state():
