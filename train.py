@@ -190,7 +190,8 @@ def configure(argv):
         if 'rng' not in ckpt:
             raise utils.InputError(f"{p['resume']}: holds no training state (not written by this train.py); "
                                    f"generate.py can draw from it, but training cannot resume from it.")
-        # files from before the recipe keys trained without them: c_0 = 0 (model_params), no warm-up, no free bits
+        # files from before the recipe keys trained without them: c_0 = 0 (model_params), no warm-up, no free
+        # bits, a constant learning rate (their own learning_rate is in their params)
         saved = {**params, 'kl_warmup': 0, 'free_bits': 0.0, 'lr_schedule': 'constant',
                  **{k: v for k, v in utils.model_params(p['resume'], ckpt).items() if k in params}}
         p = utils.apply_overrides({**saved, 'resume': p['resume']}, argv)
