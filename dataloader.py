@@ -485,9 +485,16 @@ def model_inputs(x, p):
 
 
 def class_map(names, classes):
-    """For each name, its index among classes matched by canonical name, or -1; a tensor."""
+    """For each name, its index among classes matched by canonical name, or -1, a tensor; and the
+    names that match none."""
     index = {canonical(c): i for i, c in enumerate(classes)}
-    return torch.tensor([index.get(canonical(c), -1) for c in names], dtype=torch.long)
+    remap = [index.get(canonical(c), -1) for c in names]
+    return torch.tensor(remap, dtype=torch.long), [c for c, i in zip(names, remap) if i < 0]
+
+
+def listing(names, most=8):
+    """The first most names, comma-separated, with ', ...' when there are more."""
+    return ', '.join(names[:most]) + (', ...' if len(names) > most else '')
 
 
 def load_source(params, data_path, log=print):
@@ -501,9 +508,8 @@ def load_file(params, classes, data_path, log=print):
     with labels matched to classes by name (-1 where its class is not among them); its name; and
     its class names that are not among classes."""
     data = load_source(params, data_path, log)
-    remap = class_map(data.classes, classes)
+    remap, unmatched = class_map(data.classes, classes)
     y = remap[torch.cat((data.train_y, data.test_y))]
-    unmatched = [c for c, i in zip(data.classes, remap.tolist()) if i < 0]
     return torch.cat((data.train_x, data.test_x)), y, data.name, unmatched
 
 
@@ -513,14 +519,13 @@ def load_data_for(params, classes, data_path, log=print):
     data = load_source(params, data_path, log)
     if not params['conditional']:
         return data
-    remap = class_map(data.classes, classes)
+    remap, unmatched = class_map(data.classes, classes)
     if (remap < 0).all():
         raise InputError(f"{data_path}: none of its classes ({', '.join(data.classes[:6])}...) is one the model "
                          f"was trained on ({', '.join(classes[:6])}...); a conditional model needs its own classes.")
-    unmatched = [c for c, i in zip(data.classes, remap.tolist()) if i < 0]
     if unmatched:
         log(f"{data_path}: {plural(len(unmatched), 'class')} not the model's, their images left out: "
-            f"{', '.join(unmatched[:8])}{', ...' if len(unmatched) > 8 else ''}.")
+            f"{listing(unmatched)}.")
     split = []
     for x, y in ((data.train_x, data.train_y), (data.test_x, data.test_y)):
         keep = remap[y] >= 0

@@ -15,7 +15,7 @@ import torch
 import classifier
 import train
 import utils
-from dataloader import load_file, load_trained, model_inputs, plural
+from dataloader import listing, load_file, load_trained, model_inputs, plural
 
 
 def parse_args(argv=None):
@@ -79,8 +79,7 @@ def scored_images(own, params, classes, conditional, path):
     x, y, name, unmatched = load_file(params, classes, path)
     if unmatched and classes:  # 2019 checkpoints name no classes
         left = f"{(y < 0).sum()} images left out" if conditional else "scored, but not by class"
-        print(f"{path}: {plural(len(unmatched), 'class')} not the model's ({', '.join(unmatched[:8])}"
-              f"{', ...' if len(unmatched) > 8 else ''}): {left}.")
+        print(f"{path}: {plural(len(unmatched), 'class')} not the model's ({listing(unmatched)}): {left}.")
     if conditional:
         if (y < 0).all():
             raise utils.InputError(f"{path}: none of its classes is one the conditional model was trained on "

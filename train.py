@@ -103,8 +103,8 @@ def train_steps(objective, optimizer, train_x, train_y, p, state, bar, stop):
     read every LOG_EVERY steps (or nonfinite_limit, if fewer), when the progress bar and the
     non-finite count are brought up to date. Returns this call's losses and whether it stopped early."""
     bs, losses, oks, mine = p['batch_size'], [], [], distributed.shard(state['order'])
-    first_step = state['epoch'] * -(-len(mine) // bs)  # this epoch's first step in the whole run
-    total = p['epoch_num'] * -(-len(mine) // bs)
+    per_epoch = -(-len(mine) // bs)
+    first_step, total = state['epoch'] * per_epoch, p['epoch_num'] * per_epoch  # in the whole run
     every = min(LOG_EVERY, p['nonfinite_limit'])  # a run of nonfinite_limit bad steps is seen within as many more
     in_a_row = torch.tensor(state['bad_in_a_row'], device=train_x.device)
     longest = in_a_row.clone()
