@@ -1,6 +1,6 @@
 """Measure what a DRAW checkpoint learned, on the test split of its own data, or on every image of
 a held-out file or folder (-data, any format the loader reads):
-    python evaluate.py -load_path checkpoint/model_final [-data PATH] [-k 50] [-num_samples 1000]
+    python evaluate.py -load_path checkpoint/model_final [-data PATH] [-k 50] [-num_samples 1000] [-weights trained]
 prints the negative ELBO in nats per image (reconstruction + KL, and the KL of every glimpse), the
 importance-weighted bound with K samples (Burda et al. 2015, closer to -log p(x)), bits per
 dimension, and sample-quality scores from a small CNN trained on the checkpoint's own training split
@@ -32,6 +32,9 @@ def parse_args(argv=None):
                         help='folder for kl_per_glimpse.png (default images/)')
     parser.add_argument(*utils.flag('seed'), type=int, default=0,
                         help='seed of the posterior and prior samples (default 0)')
+    parser.add_argument(*utils.flag('weights'), choices=('average', 'trained'), default='average',
+                        help="average: the checkpoint's model, the weights' moving average where training kept "
+                             "one (ema > 0); trained: the last weights Adam trained (default average)")
     parser.add_argument(*utils.flag('device'), default='auto', help='auto (CUDA when available), cpu or cuda')
     args = parser.parse_args(argv)
     if args.k <= 0:
@@ -112,7 +115,8 @@ def sample_quality(model, own, params, record, x, y, args, device):
 def main(argv=None):
     args = parse_args(argv)
     device = utils.pick_device(args.device, '-device {}')
-    model, params, ckpt = utils.load_model(args.load_path, device)
+    model, params, ckpt = utils.load_model(args.load_path, device,
+                                           'training_model' if args.weights == 'trained' else 'model')
     out = utils.writable_dir(args.out_dir, '-out_dir')  # before any work
     params = {**train.params, **params}  # 2019 checkpoints name no data settings: the defaults
     # the checkpoint's own data; with -data it is needed only for the classifier, loaded there

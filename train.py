@@ -1,6 +1,7 @@
 """Train DRAW. Hyperparameters are the params dict below; override any of them from the command
 line for scripted runs:  python train.py epoch_num=1 batch_size=32 dataset=csv
 """
+import copy
 import math
 import re
 import signal
@@ -49,6 +50,7 @@ params = {
     'kl_warmup': 250,  # steps over which the KL's weight in the training objective rises linearly from 0 (0: none)
     'free_bits': 0.25,  # nats: each glimpse's batch-mean KL counts as at least this in the training objective
     'clip': 5.0,  # gradient-norm clipping threshold
+    'ema': 0.998,  # decay per step of the weights' moving average: what is tested, drawn and saved (0: none)
     'precision': 'auto',  # auto: bf16 where native (CPUs with AVX512-BF16 or AMX, bf16 GPUs), else fp32 | fp32 | bf16
     'seed': 0,  # seeds the split, initialisation, noise and data order
     'device': 'auto',  # auto (CUDA when available) | cpu | cuda | cuda:1 ...
@@ -79,6 +81,21 @@ def learning_rate(p, step, total):
     return p['learning_rate'] * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
+def ema_decay(p, step):
+    """The weights' moving average's decay at update step (from 0, over the whole run): ema, or
+    (1 + step) / (10 + step) while that is less (TensorFlow's ExponentialMovingAverage rule), so the
+    average soon forgets the initial weights."""
+    return min(p['ema'], (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def update_average(averaged, weights, decay):
+    """averaged's parameters := decay * themselves + (1 - decay) * weights (Polyak averaging, as an
+    exponential moving average), on the device, without host synchronisation."""
+    for a, w in zip(averaged.parameters(), weights):
+        a.lerp_(w, 1 - decay)
+
+
 def train_step(objective, optimizer, x, y, p, step=0):
     """Update number step through objective (distributed.objective(model)), with no host
     synchronisation: returns the negative ELBO (averaged over the processes; not the warm-up or
@@ -97,9 +114,10 @@ def train_step(objective, optimizer, x, y, p, step=0):
     return loss, ok
 
 
-def train_steps(objective, optimizer, train_x, train_y, p, state, bar, stop):
+def train_steps(objective, optimizer, train_x, train_y, p, state, bar, stop, averaged=None):
     """The rest of the epoch: batches state['batch'] onward of this process's shard of
-    state['order'], until the epoch ends or a stop signal arrives. Losses stay on the device and are
+    state['order'], until the epoch ends or a stop signal arrives; after every step the moving
+    average of the weights, averaged (a model, or None), follows them. Losses stay on the device and are
     read every LOG_EVERY steps (or nonfinite_limit, if fewer), when the progress bar and the
     non-finite count are brought up to date. Returns this call's losses and whether it stopped early."""
     bs, losses, oks, mine = p['batch_size'], [], [], distributed.shard(state['order'])
@@ -115,6 +133,8 @@ def train_steps(objective, optimizer, train_x, train_y, p, state, bar, stop):
             group['lr'] = learning_rate(p, first_step + state['batch'], total)
         loss, ok = train_step(objective, optimizer, to_input(train_x[batch], p['binarize'], p['channel']),
                               train_y[batch], p, first_step + state['batch'])
+        if averaged is not None:
+            update_average(averaged, objective.parameters(), ema_decay(p, first_step + state['batch']))
         in_a_row = (in_a_row + 1) * ~ok
         longest = torch.maximum(longest, in_a_row)
         losses.append(loss)
@@ -191,8 +211,8 @@ def configure(argv):
             raise utils.InputError(f"{p['resume']}: holds no training state (not written by this train.py); "
                                    f"generate.py can draw from it, but training cannot resume from it.")
         # files from before the recipe keys trained without them: c_0 = 0 (model_params), no warm-up, no free
-        # bits, a constant learning rate (their own learning_rate is in their params)
-        saved = {**params, 'kl_warmup': 0, 'free_bits': 0.0, 'lr_schedule': 'constant',
+        # bits, a constant learning rate (their own learning_rate is in their params), no moving average
+        saved = {**params, 'kl_warmup': 0, 'free_bits': 0.0, 'lr_schedule': 'constant', 'ema': 0.0,
                  **{k: v for k, v in utils.model_params(p['resume'], ckpt).items() if k in params}}
         p = utils.apply_overrides({**saved, 'resume': p['resume']}, argv)
         changed = [f"{k}={p[k]!r} (checkpoint: {saved[k]!r})" for k in utils.MODEL_KEYS if p[k] != saved[k]]
@@ -211,10 +231,14 @@ def fresh_state():
     return {'epoch': 0, 'batch': 0, 'order': None, 'losses': [], 'test_bounds': [], 'skipped': 0, 'bad_in_a_row': 0}
 
 
-def restore(model, optimizer, ckpt, train_x):
-    """The training state saved in ckpt, loaded into model, optimizer and every random generator."""
+def restore(model, optimizer, ckpt, train_x, averaged=None):
+    """The training state saved in ckpt, loaded into model, optimizer, every random generator and
+    averaged (the moving average, when kept: the checkpoint's 'model', whose training weights are
+    then its 'training_model'; it starts at the weights where the checkpoint kept none)."""
     try:
-        model.load_state_dict(ckpt['model'])
+        model.load_state_dict(ckpt.get('training_model', ckpt['model']))
+        if averaged is not None:
+            averaged.load_state_dict(ckpt['model'])
         saved = ckpt['optimizer']  # its groups' implementation flags (unfused before this version) yield to ours
         flags = [{k: v for k, v in group.items() if k in ('fused', 'foreach', 'capturable')} for group in optimizer.param_groups]
         optimizer.load_state_dict({**saved, 'param_groups': [{**g, **f} for g, f in zip(saved['param_groups'], flags)]})
@@ -234,10 +258,12 @@ def restore(model, optimizer, ckpt, train_x):
     return state
 
 
-def run_epochs(model, optimizer, train, test, p, state, save, scorer=None):
+def run_epochs(model, optimizer, train, test, p, state, save, scorer=None, averaged=None):
     """Epochs state['epoch'] + 1 .. epoch_num over train and test, (images, labels) each; on SIGINT or
-    SIGTERM, saves model_interrupted and stops. Under torchrun only rank 0 evaluates and writes."""
+    SIGTERM, saves model_interrupted and stops. The test bound, the GIFs and the scores are of the
+    weights' moving average, averaged, when there is one. Under torchrun only rank 0 evaluates and writes."""
     train_x, objective, main = train[0], distributed.objective(model, train[0].device), distributed.rank() == 0
+    shown = model if averaged is None else averaged
     image_dir, steps = Path(p['image_dir']), -(-(len(train_x) // distributed.world()) // p['batch_size'])
     with utils.StopSignals() as stop:
         for epoch in range(state['epoch'] + 1, p['epoch_num'] + 1):
@@ -247,7 +273,7 @@ def run_epochs(model, optimizer, train, test, p, state, save, scorer=None):
             with tqdm(total=steps, initial=state['batch'], unit='batch', desc=f"epoch {epoch}/{p['epoch_num']}",
                       leave=False, disable=None if main else True) as bar:
                 model.train()
-                losses, stopped = train_steps(objective, optimizer, *train, p, state, bar, stop)
+                losses, stopped = train_steps(objective, optimizer, *train, p, state, bar, stop, averaged)
             if stopped:
                 path = save('model_interrupted')
                 signum = stop.received or signal.SIGTERM  # under torchrun, another rank's signal
@@ -256,8 +282,8 @@ def run_epochs(model, optimizer, train, test, p, state, save, scorer=None):
             state.update(epoch=epoch, batch=0, order=None)
             if not main:
                 continue
-            model.eval()
-            bound, recon, kl = test_bound(model, *test, p['batch_size'])
+            shown.eval()
+            bound, recon, kl = test_bound(shown, *test, p['batch_size'])
             state['test_bounds'].append(bound)
             seconds = time.perf_counter() - start
             skipped = f"  ({state['skipped']} non-finite steps skipped so far)" if state['skipped'] else ''
@@ -271,10 +297,10 @@ def run_epochs(model, optimizer, train, test, p, state, save, scorer=None):
             if epoch % p['save_epoch'] == 0 or epoch == p['epoch_num']:
                 noise = torch.Generator(train_x.device).manual_seed(p['seed'])  # the same z each time
                 labels = torch.arange(64, device=train_x.device) % model.num_classes if p['conditional'] else None
-                canvases = model.generate(64, labels, generator=noise)
+                canvases = shown.generate(64, labels, generator=noise)
                 utils.save_gif([utils.grid(c) for c in canvases], image_dir / f'draw_epoch_{epoch}.gif')
                 if scorer:
-                    print('\n'.join(scorer(model)))
+                    print('\n'.join(scorer(shown)))
 
 
 def sample_scorer(data, train, test, p):
@@ -304,13 +330,15 @@ def train_on(p, ckpt, device):
     if model.canvas_bias is not None and not ckpt:
         model.init_canvas(mean_image(train[0], p))
     optimizer = torch.optim.Adam(model.parameters(), lr=p['learning_rate'], betas=(p['beta1'], 0.999), fused=True)
-    state = restore(model, optimizer, ckpt, train[0]) if ckpt else fresh_state()
+    averaged = copy.deepcopy(model).requires_grad_(False) if p['ema'] else None
+    state = restore(model, optimizer, ckpt, train[0], averaged) if ckpt else fresh_state()
 
-    def save(name):
+    def save(name):  # 'model' is what generate.py and evaluate.py load: the average, when kept
         path = Path(p['checkpoint_dir']) / name
+        training = {} if averaged is None else {'training_model': model.state_dict()}
         if distributed.rank() == 0:
-            utils.save_checkpoint(path, model, optimizer, p, **state, classes=data.classes, glyphs=data.glyphs,
-                                  data=data.record(p), rng=utils.rng_state())
+            utils.save_checkpoint(path, model if averaged is None else averaged, optimizer, p, **state, **training,
+                                  classes=data.classes, glyphs=data.glyphs, data=data.record(p), rng=utils.rng_state())
         return path
 
     resumed = f", resuming after epoch {state['epoch']} step {state['batch']}" if ckpt else ''
@@ -320,7 +348,7 @@ def train_on(p, ckpt, device):
     if distributed.world() > 1:
         torch.manual_seed(p['seed'] + distributed.rank())  # each process its own noise; the order is rank 0's
     scorer = sample_scorer(data, train, test, p) if p['sample_scores'] and distributed.rank() == 0 else None
-    run_epochs(model, optimizer, train, test, {**p, 'precision': precision}, state, save, scorer)
+    run_epochs(model, optimizer, train, test, {**p, 'precision': precision}, state, save, scorer, averaged)
     path = save('model_final')
     log(f"Saved {path}. Draw with: python generate.py -load_path {path} -num_output 64")
 

@@ -98,6 +98,7 @@ def check_params(params):
         'beta1': (lambda v: 0 <= v < 1, 'in [0, 1)'),
         'clip': (lambda v: 0 < v <= math.inf, 'positive (inf turns clipping off)'),
         'free_bits': (lambda v: 0 <= v < math.inf, 'a number of nats, 0 or more'),
+        'ema': (lambda v: 0 <= v < 1, 'in [0, 1) (0: no moving average)'),
         'test_split': (lambda v: 0 < v < 1, 'a fraction between 0 and 1'),
         'seed': (lambda v: 0 <= v < 2 ** 32, 'an integer from 0 to 2**32 - 1'),
         'binarize': (lambda v: v in ('none', 'threshold', 'sample'), "'none', 'threshold' or 'sample'"),
@@ -320,9 +321,14 @@ def model_params(path, ckpt):
     return params
 
 
-def load_model(path, device):
-    """(model on device in eval mode, params, checkpoint) from a checkpoint file."""
+def load_model(path, device, weights='model'):
+    """(model on device in eval mode, params, checkpoint) from a checkpoint file, with its weights
+    of that key: 'model' (the moving average, where training kept one), or 'training_model' (the
+    weights Adam trained, saved beside their average)."""
     ckpt = read_checkpoint(path)
+    if not isinstance(ckpt.get(weights), dict):
+        raise InputError(f"{path}: holds no {weights} (it was trained with ema=0, or before ema): its model is "
+                         f"the trained weights; score it without -weights trained.")
     params = model_params(path, ckpt)
     classes = ckpt.get('classes')
     if params['conditional'] and not (isinstance(classes, list) and len(classes) >= 2
@@ -330,7 +336,7 @@ def load_model(path, device):
         raise InputError(f"{path}: a conditional model, but its list of class names is missing or damaged.")
     model = DRAWModel(params, len(classes) if params['conditional'] else 0)
     try:
-        model.load_state_dict(ckpt['model'])
+        model.load_state_dict(ckpt[weights])
     except RuntimeError as e:
         first = str(e).split('\n')[1].strip() if '\n' in str(e) else str(e)
         raise InputError(f"{path}: its weights do not fit its params ({first}).") from None

@@ -163,6 +163,28 @@ def test_evaluate_scores_every_image_of_a_held_out_file_with_the_models_own_clas
     assert f'({trained_on}% right on the test split)' in out.stdout  # the same, cached classifier
 
 
+def test_evaluate_scores_the_average_or_with_weights_trained_the_trained_weights(trained, tmp_path):
+    """The same posterior noise (-seed) on both: -weights trained scores the training_model, as the
+    checkpoint rewritten with it as its model scores (its write bias moved, so the two differ)."""
+    work, _ = trained
+    ckpt = torch.load(work / 'checkpoint' / 'model_final', weights_only=True)
+    trained_weights = {**ckpt['training_model'], 'fc_write.bias': ckpt['training_model']['fc_write.bias'] + 1}
+    torch.save({**ckpt, 'training_model': trained_weights}, tmp_path / 'both')
+    del ckpt['training_model']
+    torch.save({**ckpt, 'model': trained_weights, 'params': {**ckpt['params'], 'ema': 0.0}}, tmp_path / 'last')
+
+    def elbo(name, *flags):
+        out = run('evaluate.py', '-load_path', str(tmp_path / name), '-k', '2', '-num_samples', '0', '-out_dir',
+                  str(tmp_path), *flags, cwd=work)
+        assert out.returncode == 0, out.stderr
+        return re.search(r'negative ELBO\s+(\S+ nats per image \(.*\))', out.stdout).group(1)
+    assert elbo('both') != elbo('last') == elbo('both', '-weights', 'trained')
+    out = run('evaluate.py', '-load_path', str(tmp_path / 'last'), '-weights', 'trained', cwd=work)
+    assert out.returncode == 2 and 'Traceback' not in out.stderr
+    assert out.stderr.strip().endswith('holds no training_model (it was trained with ema=0, or before ema): its '
+                                       'model is the trained weights; score it without -weights trained.')
+
+
 def test_evaluate_refuses_bad_flags(trained, tmp_path):
     work, _ = trained
     for flags, message in ((['-k', '0'], '-k must be a positive'), (['-data', str(tmp_path / 'none.csv')], 'none.csv')):

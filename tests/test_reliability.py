@@ -37,8 +37,10 @@ def load(path):
 
 
 def assert_same_training(a, b):
-    for key in a['model']:
-        assert torch.equal(a['model'][key], b['model'][key]), key
+    assert a.keys() == b.keys()
+    for weights in ('model', 'training_model'):  # the moving average and the weights Adam trains
+        for key in a.get(weights, {}):
+            assert torch.equal(a[weights][key], b[weights][key]), (weights, key)
     assert a['losses'] == b['losses'] and a['test_bounds'] == b['test_bounds']
     for sa, sb in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -53,6 +55,17 @@ def test_resume_equals_an_uninterrupted_run(work):
     straight = train_in(work, 'epoch_num=2', 'save_epoch=1', out='straight')
     resumed = train_in(work, 'epoch_num=2', f'resume={straight / "model_epoch_1"}', out='resumed')
     assert_same_training(load(straight / 'model_final'), load(resumed / 'model_final'))
+
+
+def test_the_moving_average_only_watches_training(work):
+    """With ema the checkpoint's model is the average, and its training_model is exactly the model
+    of the same run without one: the average changes what is evaluated and drawn, not training."""
+    averaged, last = load(train_in(work, 'epoch_num=2', out='ema') / 'model_final'), \
+        load(train_in(work, 'epoch_num=2', 'ema=0', out='plain') / 'model_final')
+    assert 'training_model' not in last and averaged['losses'] == last['losses']
+    assert all(torch.equal(averaged['training_model'][k], w) for k, w in last['model'].items())
+    assert not all(torch.equal(averaged['model'][k], w) for k, w in last['model'].items())
+    assert averaged['test_bounds'] != last['test_bounds']  # those are of the average
 
 
 def test_at_a_constant_rate_a_finished_run_extended_equals_a_longer_one(work):

@@ -101,6 +101,36 @@ def test_each_step_trains_at_the_schedules_rate(monkeypatch):
     assert seen == pytest.approx([train.learning_rate(p, s, 6) for s in range(6)]) and seen[0] == p['learning_rate']
 
 
+def test_the_moving_average_follows_the_weights_after_every_step(monkeypatch):
+    """Over two epochs of 3 steps, averaged is decay_s * itself + (1 - decay_s) * the weights after
+    step s, decay_s = min(ema, (1 + s) / (10 + s)), from the initial weights; training is untouched."""
+    after, step = [], train.train_step
+
+    def recording(objective, *args):
+        out = step(objective, *args)
+        after.append([w.detach().clone() for w in objective.parameters()])
+        return out
+    monkeypatch.setattr(train, 'train_step', recording)
+    model, optimizer = setup()
+    averaged = copy.deepcopy(model).requires_grad_(False)
+    expected = [w.detach().clone() for w in model.parameters()]
+    p, g = {**P, 'batch_size': 8, 'epoch_num': 2, 'ema': 0.3}, torch.Generator().manual_seed(2)
+    images, bar = torch.randint(0, 256, (24, 1, 12, 12), generator=g, dtype=torch.uint8), types.SimpleNamespace(
+        update=lambda n: None, set_postfix=lambda **shown: None)
+    for epoch in range(2):
+        state = {**train.fresh_state(), 'epoch': epoch, 'order': torch.randperm(24)}
+        train.train_steps(Objective(model), optimizer, images, torch.zeros(24, dtype=torch.long), p, state, bar,
+                          types.SimpleNamespace(received=None), averaged)
+    decays = [train.ema_decay(p, s) for s in range(6)]
+    assert decays == pytest.approx([0.1, 2 / 11, 0.25, 0.3, 0.3, 0.3])  # the rule, then ema
+    for weights, decay in zip(after, decays):
+        expected = [decay * e + (1 - decay) * w for e, w in zip(expected, weights)]
+    for (name, a), e, w in zip(averaged.named_parameters(), expected, model.parameters()):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-7, msg=name)
+        assert not torch.equal(a, w), name
+    assert all(torch.equal(w, last) for w, last in zip(model.parameters(), after[-1]))
+
+
 def test_a_non_finite_step_changes_nothing_not_even_adams_state():
     model, optimizer = setup()
     train.train_step(Objective(model), optimizer, batches(1)[0], None, P)
