@@ -1,5 +1,5 @@
 """Measure DRAW's training throughput and generation time on this machine:
-    python bench.py [--windows 5] [--steps 10] [key=value ...]
+    python bench.py [--windows 5] [--steps 10] [--vs K=V[,K=V]] [key=value ...]
 key=value are train.py's params and overrides (batch_size=32, T=64, device=cpu, ...). Prints, side by
 side, the images per second of the training steps below on random binary images of the params' size
 (median and range of the timed windows, after warm-up, the device synchronised at each window's end;
@@ -7,6 +7,8 @@ the variants take turns, so drift hits them alike):
   2019-style        the 2019 loop's costs: 3 channels, unfused Adam, the loss read every step, fp32
   train.py (fp32)   this repository's step (fused Adam, no per-step sync)
   train.py (bf16)   the same under bf16 autocast, timed only where bf16 is native (what precision=auto uses)
+  train.py (..., K=V)  with --vs K=V[,K=V...] (repeatable): train.py's step, in the precision train.py
+                    picks, with those params changed, e.g. --vs write_N=6 to time a size against the defaults
 with each step's arithmetic (matrix-product GFLOP per image, counted by torch's FlopCounterMode), the
 GFLOP/s it reaches and its share of this machine's matrix-product peak, measured in the same run on
 large square products of the step's precision; and the time to draw 64 samples and write their PNG
@@ -117,6 +119,8 @@ def main(argv=None):
     parser.add_argument('--windows', type=int, default=5, help='timed windows per variant (default 5)')
     parser.add_argument('--steps', type=int, default=5, help='training steps per window (default 5)')
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps per variant first (default 3)')
+    parser.add_argument('--vs', action='append', default=[], metavar='K=V[,K=V]',
+                        help="also time train.py's step with these params changed (repeatable)")
     args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if min(args.windows, args.steps) < 1 or args.warmup < 0:
         parser.error('--windows and --steps must be at least 1, --warmup at least 0')
@@ -130,6 +134,14 @@ def main(argv=None):
     native = utils.native_bf16(device)
     if native:
         variants['train.py (bf16)'] = make_step({**p, 'precision': 'bf16'}, device, 'train.py')
+    for change in args.vs:
+        try:
+            other = utils.apply_overrides(p, change.split(','))
+            utils.check_params(other)
+        except utils.InputError as e:
+            raise utils.InputError(f'--vs {change}: {e}') from None
+        variants[f'train.py ({precision}, {change})'] = make_step({**other, 'precision': precision}, device, 'train.py')
+    width = max(map(len, variants)) + 2
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
     print(f"{name}; torch {torch.__version__}; T={p['T']}, {p['A']}x{p['B']}, batch {p['batch_size']}, "
           f"read {p['read_N']}, write {p['write_N']}, LSTM {p['enc_size']}/{p['dec_size']}, z {p['z_size']}; "
@@ -143,12 +155,12 @@ def main(argv=None):
     rates = throughput(variants, p, device, args.windows, args.steps, args.warmup)
     base = statistics.median(rates['2019-style'])
     print(f"matrix-product peak: {', '.join(f'{k} {v:,.0f} GFLOP/s' for k, v in peaks.items())}")
-    print(f"{'training step':<18}{'images/s (median)':>18}{'range':>14}{'vs 2019-style':>15}"
+    print(f"{'training step':<{width}}{'images/s (median)':>18}{'range':>14}{'vs 2019-style':>15}"
           f"{'GFLOP/image':>13}{'GFLOP/s':>9}{'of peak':>9}")
     for variant, found in rates.items():
         median = statistics.median(found)
         peak = peaks['bf16' if 'bf16' in variant else 'fp32']
-        print(f"{variant:<18}{median:>18,.0f}{f'{min(found):,.0f}-{max(found):,.0f}':>14}{median / base:>14.2f}x"
+        print(f"{variant:<{width}}{median:>18,.0f}{f'{min(found):,.0f}-{max(found):,.0f}':>14}{median / base:>14.2f}x"
               f"{gflop[variant]:>13.3g}{gflop[variant] * median:>9,.0f}{gflop[variant] * median / peak:>9.0%}")
     print(f"generation: 64 samples + PNG + GIF in {generation_seconds(p, device):.2f} s (median of 3)")
 
