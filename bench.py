@@ -7,8 +7,8 @@ the variants take turns, so drift hits them alike):
   2019-style        the 2019 loop's costs: 3 channels, unfused Adam, the loss read every step, fp32
   train.py (fp32)   this repository's step (fused Adam, no per-step sync)
   train.py (bf16)   the same under bf16 autocast, timed only where bf16 is native (what precision=auto uses)
-  train.py (..., K=V)  with --vs K=V[,K=V...] (repeatable): train.py's step, in the precision train.py
-                    picks, with those params changed, e.g. --vs write_N=6 to time a size against the defaults
+  train.py (..., K=V)  with --vs K=V[,K=V...] (repeatable): train.py's step with those params changed, in
+                    the precision train.py picks for them, e.g. --vs write_N=6 to time a size against the defaults
 with each step's arithmetic (matrix-product GFLOP per image, counted by torch's FlopCounterMode), the
 GFLOP/s it reaches and its share of this machine's matrix-product peak, measured in the same run on
 large square products of the step's precision; and the time to draw 64 samples and write their PNG
@@ -138,9 +138,12 @@ def main(argv=None):
         try:
             other = utils.apply_overrides(p, change.split(','))
             utils.check_params(other)
+            if other['device'] != p['device']:
+                raise utils.InputError('every variant runs on the same device; run bench.py once per device.')
+            chosen, _ = utils.resolve_precision(other['precision'], device)
         except utils.InputError as e:
             raise utils.InputError(f'--vs {change}: {e}') from None
-        variants[f'train.py ({precision}, {change})'] = make_step({**other, 'precision': precision}, device, 'train.py')
+        variants[f'train.py ({chosen}, {change})'] = make_step({**other, 'precision': chosen}, device, 'train.py')
     width = max(map(len, variants)) + 2
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
     print(f"{name}; torch {torch.__version__}; T={p['T']}, {p['A']}x{p['B']}, batch {p['batch_size']}, "
@@ -159,7 +162,7 @@ def main(argv=None):
           f"{'GFLOP/image':>13}{'GFLOP/s':>9}{'of peak':>9}")
     for variant, found in rates.items():
         median = statistics.median(found)
-        peak = peaks['bf16' if 'bf16' in variant else 'fp32']
+        peak = peaks['bf16' if variant.startswith('train.py (bf16') else 'fp32']
         print(f"{variant:<{width}}{median:>18,.0f}{f'{min(found):,.0f}-{max(found):,.0f}':>14}{median / base:>14.2f}x"
               f"{gflop[variant]:>13.3g}{gflop[variant] * median:>9,.0f}{gflop[variant] * median / peak:>9.0%}")
     print(f"generation: 64 samples + PNG + GIF in {generation_seconds(p, device):.2f} s (median of 3)")

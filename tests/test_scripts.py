@@ -127,13 +127,17 @@ def test_checkpoint_saved_on_a_gpu_loads_on_a_cpu(trained, tmp_path, monkeypatch
 
 def test_bench_prints_the_side_by_side_table(tmp_path):
     out = run('bench.py', '--windows', '2', '--steps', '1', '--warmup', '0', 'T=2', 'enc_size=8', 'dec_size=8',
-              'batch_size=4', '--vs', 'write_N=3,read_N=3', cwd=tmp_path)
+              'batch_size=4', '--vs', 'write_N=3,read_N=3', '--vs', 'precision=fp32', cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     rows = {line.split('  ')[0]: line.split() for line in out.stdout.splitlines()}
     native = utils.native_bf16(torch.device('cpu'))
     assert {'2019-style', 'train.py (fp32)'} <= set(rows) and ('train.py (bf16)' in rows) == bool(native)
     changed = f"train.py ({'bf16' if native else 'fp32'}, write_N=3,read_N=3)"  # --vs: the same step, other params
     assert float(rows[changed][-3]) != float(rows['train.py (fp32)'][-3])  # its own arithmetic: other sizes
+    assert 'train.py (fp32, precision=fp32)' in rows  # a precision it asks for is the one it runs in
+    refused = run('bench.py', '--vs', 'device=cuda:1', cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stderr.strip() == (
+        'error: --vs device=cuda:1: every variant runs on the same device; run bench.py once per device.')
     assert native or 'train.py (bf16): not timed, bf16 is not native on cpu' in out.stdout  # and not run
     assert rows['2019-style'][3] == '1.00x' and re.search(r'matrix-product peak: fp32 [\d,]+ GFLOP/s', out.stdout)
     for name in {'2019-style', 'train.py (fp32)', 'train.py (bf16)', changed} & set(rows):
