@@ -32,6 +32,7 @@ class DRAWModel(nn.Module):
         enc_size, dec_size = params['enc_size'], params['dec_size']
         read_size = self.C * (self.read_N ** 2 if self.read_attn else self.A * self.B)
         write_size = self.C * (self.write_N ** 2 if self.write_attn else self.A * self.B)
+        self.write_size = write_size  # w_t's length: the first outputs of the decoder's heads
 
         self.encoder = nn.LSTMCell(2 * read_size + dec_size + self.num_classes, enc_size)  # Eq. 5 (+ y)
         self.fc_mu = nn.Linear(enc_size, self.z_size)  # Eq. 1
@@ -84,40 +85,69 @@ class DRAWModel(nn.Module):
             return f / (f.sum(2, keepdim=True) + 1e-8)
         return torch.softmax(log_f, dim=2)
 
-    def window_params(self, h_dec, fc, N):
-        """Centre (gx, gy), variance, stride and intensity of a window, from a decoder state; (n, 1) each."""
-        gx_, gy_, log_sigma2, log_delta_, log_gamma = fc(h_dec).split(1, dim=1)  # Eq. 21
+    def window_params(self, window, N):
+        """Centre (gx, gy), variance, stride and intensity, (n, 1) each, from a window's five outputs
+        of Eq. 21 (n, 5), in fp32 whatever the product's precision."""
+        gx_, gy_, log_sigma2, log_delta_, log_gamma = window.float().split(1, dim=1)
         gx = (self.A + 1) / 2 * (gx_ + 1)  # Eq. 22
         gy = (self.B + 1) / 2 * (gy_ + 1)  # Eq. 23
         delta = (max(self.A, self.B) - 1) / (N - 1) * torch.exp(log_delta_)  # Eq. 24
         return gx, gy, torch.exp(log_sigma2), delta, torch.exp(log_gamma)
 
-    def attention(self, h_dec, fc, offsets):
-        """Filterbanks and intensity gamma from a decoder state."""
-        gx, gy, sigma2, delta, gamma = self.window_params(h_dec, fc, offsets.numel())
+    def filters(self, window, offsets):
+        """Filterbanks and intensity gamma of a window's five outputs of Eq. 21."""
+        gx, gy, sigma2, delta, gamma = self.window_params(window, offsets.numel())
         Fx, Fy = self.filterbank(gx, gy, sigma2, delta, offsets)
         return Fx, Fy, gamma
 
-    def attention_fc(self, name):
-        """Eq. 21's linear map of the 'read' or 'write' window."""
-        return self.fc_attention if self.original_layout else getattr(self, f'fc_{name}_attention')
-
-    def read_window(self, h_dec_prev):
-        return self.attention(h_dec_prev, self.attention_fc('read'), self.read_offsets)
-
-    def write_window(self, h_dec):
-        return self.attention(h_dec, self.attention_fc('write'), self.write_offsets)
-
-    def box(self, h_dec, name):
-        """Where the 'read' or 'write' window lies, for drawing it: (n, 3) rows of centre x, centre y
-        (0-based pixel coordinates) and side N * delta (each of the N filters covers one stride);
-        None where that window has no attention."""
+    def window(self, heads, name):
+        """The five outputs of Eq. 21 of the 'read' or 'write' window within the decoder's outputs
+        heads (see head_layers), or None where that window has no attention. The read window of a
+        glimpse is in the previous glimpse's heads (it reads h_dec_{t-1}); the 2019 layout's one
+        attention layer gives the same five to both."""
         if not (self.read_attn if name == 'read' else self.write_attn):
             return None
+        start = self.write_size if self.original_layout or name == 'write' else heads.shape[1] - 5
+        return heads[:, start:start + 5]
+
+    def box(self, heads, name):
+        """Where the 'read' or 'write' window of the decoder's outputs heads lies, for drawing it: (n, 3)
+        rows of centre x, centre y (0-based pixel coordinates) and side N * delta (each of the N filters
+        covers one stride); None where that window has no attention."""
+        window = self.window(heads, name)
+        if window is None:
+            return None
         offsets = getattr(self, f'{name}_offsets')
-        gx, gy, _, delta, _ = self.window_params(h_dec, self.attention_fc(name), offsets.numel())
+        gx, gy, _, delta, _ = self.window_params(window, offsets.numel())
         shift = offsets.mean() * delta - self.pixels_a[0]  # the filters' mean (Eqs. 19-20); pixel 1 -> 0
         return torch.cat((gx + shift, gy + shift, offsets.numel() * delta), dim=1)
+
+    # -- one glimpse's weights, merged ------------------------------------------------------------
+    def head_layers(self):
+        """The linear maps of the decoder state, in the order of their outputs in heads: the write w_t
+        (Eq. 28; Eq. 18 without attention), then Eq. 21's write window and read window (the read
+        window of the next glimpse, which reads this h_dec); the 2019 layout's one shared layer."""
+        if self.original_layout:
+            return [self.fc_write, self.fc_attention]
+        return [fc for fc in (self.fc_write, self.fc_write_attention, self.fc_read_attention) if fc is not None]
+
+    def weights(self):
+        """(weight, bias) of the four matrix products of a glimpse: each LSTM's input and recurrent
+        weights side by side (one product for both), Eqs. 1-2's two heads, and the decoder's outputs
+        (head_layers). Under autocast they are cast once here, for all T glimpses, not at every use."""
+        def lstm(cell):
+            return torch.cat((cell.weight_ih, cell.weight_hh), dim=1), cell.bias_ih + cell.bias_hh
+
+        heads = self.head_layers()
+        merged = {'encoder': lstm(self.encoder), 'decoder': lstm(self.decoder),
+                  'latent': (torch.cat((self.fc_mu.weight, self.fc_sigma.weight)),
+                             torch.cat((self.fc_mu.bias, self.fc_sigma.bias))),
+                  'heads': (torch.cat([fc.weight for fc in heads]), torch.cat([fc.bias for fc in heads]))}
+        device = self.pixels_a.device.type
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            merged = {k: (w.to(dtype), b.to(dtype)) for k, (w, b) in merged.items()}
+        return merged
 
     @torch.no_grad()
     def init_canvas(self, mean, eps=1e-3):
@@ -129,22 +159,23 @@ class DRAWModel(nn.Module):
         self.canvas_bias.copy_(torch.log(mean) - torch.log1p(-mean))
 
     # -- read and write ---------------------------------------------------------------------------
-    def read(self, x, x_hat, h_dec_prev):
-        """r_t, (n, 2*C*N*N): the glimpses of x and of the error image x_hat."""
+    def read(self, x, x_hat, window):
+        """r_t, (n, 2*C*N*N): the glimpses of x and of the error image x_hat through the read window's
+        five outputs of Eq. 21 (n, 5); the whole images without read attention (window None)."""
         images = torch.cat((x, x_hat), dim=1)  # (n, 2C, B, A)
         if not self.read_attn:
             return images.flatten(1)  # Eq. 17: [x, x_hat]
-        Fx, Fy, gamma = self.read_window(h_dec_prev)
+        Fx, Fy, gamma = self.filters(window, self.read_offsets)
         glimpse = Fy.unsqueeze(1) @ images @ Fx.transpose(1, 2).unsqueeze(1)  # Eq. 27, (n, 2C, N, N)
         return gamma * glimpse.flatten(1)  # Eq. 27: gamma [Fy x Fx^T, Fy x_hat Fx^T]
 
-    def write(self, h_dec):
-        """The canvas update, (n, C, B, A)."""
-        w = self.fc_write(h_dec)  # Eq. 28 (Eq. 18 without attention)
+    def write(self, heads):
+        """The canvas update, (n, C, B, A), from the decoder's outputs heads (see head_layers)."""
+        w = heads[:, :self.write_size]  # Eq. 28 (Eq. 18 without attention)
         if not self.write_attn:
-            return w.view(-1, self.C, self.B, self.A)
-        w = w.view(-1, self.C, self.write_N, self.write_N)  # (n, C, N, N)
-        Fx, Fy, gamma = self.write_window(h_dec)
+            return w.reshape(-1, self.C, self.B, self.A)
+        w = w.reshape(-1, self.C, self.write_N, self.write_N)  # (n, C, N, N)
+        Fx, Fy, gamma = self.filters(self.window(heads, 'write'), self.write_offsets)
         patch = Fy.transpose(1, 2).unsqueeze(1) @ w @ Fx.unsqueeze(1)  # Eq. 29, (n, C, B, A)
         return patch / gamma.view(-1, 1, 1, 1)  # Eq. 29: 1/gamma Fy^T w Fx
 
@@ -158,13 +189,32 @@ class DRAWModel(nn.Module):
         dec = torch.zeros(n, self.decoder.hidden_size, device=device)
         return canvas, (enc, enc), (dec, dec)
 
-    def with_label(self, inputs, y):
-        """inputs (n, k) with the one-hot labels y (n,) appended; inputs alone when unconditional."""
+    def one_hot(self, y):
+        """The one-hot labels (n, num_classes) that join the LSTMs' inputs; None when unconditional."""
         if not self.num_classes:
-            return inputs
+            return None
         if y is None:
             raise ValueError('a conditional model needs the class labels y')
-        return torch.cat((inputs, F.one_hot(y, self.num_classes).to(inputs.dtype)), dim=1)
+        return F.one_hot(y, self.num_classes).float()
+
+    def decode(self, w, z, label, c, dec_state):
+        """The decoder's half of a glimpse on weights w (self.weights()): the decoder state, its
+        outputs heads (see head_layers) and the canvas after the write, from z and the canvas before."""
+        dec_state = lstm(with_label(z, label), dec_state, w['decoder'])  # Eq. 7 (Eq. 14)
+        heads = F.linear(dec_state[0], *w['heads'])  # Eqs. 28 and 21
+        return c + self.write(heads), dec_state, heads  # Eq. 8 (Eq. 15)
+
+    def glimpse(self, w, x, label, c, enc_state, dec_state, heads, noise):
+        """One glimpse of the encoder-decoder pass on weights w (self.weights()), from the canvas, the
+        states and the decoder's outputs heads of the glimpse before (its read window); noise (n, z_size)
+        ~ N(0, 1). Returns the new (c, enc_state, dec_state, heads) and the posterior's mu, log sigma."""
+        x_hat = x - torch.sigmoid(c)  # Eq. 3
+        r = self.read(x, x_hat, self.window(heads, 'read'))  # Eq. 4
+        enc_state = lstm(with_label(torch.cat((r, dec_state[0]), dim=1), label), enc_state, w['encoder'])  # Eq. 5
+        mu, log_sigma = F.linear(enc_state[0], *w['latent']).float().chunk(2, dim=1)  # Eqs. 1-2
+        z = mu + torch.exp(log_sigma) * noise  # Eq. 6: z_t ~ Q(Z_t | h_enc_t)
+        c, dec_state, heads = self.decode(w, z, label, c, dec_state)  # Eqs. 7-8
+        return c, enc_state, dec_state, heads, mu, log_sigma
 
     def forward(self, x, y=None, T=None, windows=None):
         """Encode and redraw x (n, C, B, A) in [0, 1] (of classes y (n,) when conditional).
@@ -173,24 +223,23 @@ class DRAWModel(nn.Module):
         standard deviations and samples z of every glimpse, (T, n, z_size) each. A list passed as
         windows receives each glimpse's (read, write) boxes, for drawing them.
         """
+        T = T or self.T
+        w, label = self.weights(), self.one_hot(y)
         c, enc_state, dec_state = self.initial_state(x.size(0), x.device)
-        canvases, mus, log_sigmas, zs = [], [], [], []
-        for _ in range(T or self.T):
-            h_dec_prev = dec_state[0]
-            x_hat = x - torch.sigmoid(c)  # Eq. 3
-            r = self.read(x, x_hat, h_dec_prev)  # Eq. 4
-            enc_state = self.encoder(self.with_label(torch.cat((r, h_dec_prev), dim=1), y), enc_state)  # Eq. 5
-            mu, log_sigma = self.fc_mu(enc_state[0]), self.fc_sigma(enc_state[0])  # Eqs. 1-2
-            z = mu + torch.exp(log_sigma) * torch.randn_like(mu)  # Eq. 6: z_t ~ Q(Z_t | h_enc_t)
-            dec_state = self.decoder(self.with_label(z, y), dec_state)  # Eq. 7
-            c = c + self.write(dec_state[0])  # Eq. 8
+        heads = F.linear(dec_state[0], *w['heads'])  # the first read window, from h_dec_0 = 0
+        noise = torch.randn(T, x.size(0), self.z_size, device=x.device)  # Eq. 6's noise, every glimpse's
+        canvases, mus, log_sigmas = [], [], []
+        for t in range(T):
+            previous = heads
+            c, enc_state, dec_state, heads, mu, log_sigma = self.glimpse(w, x, label, c, enc_state, dec_state,
+                                                                         heads, noise[t])
             if windows is not None:
-                windows.append((self.box(h_dec_prev, 'read'), self.box(dec_state[0], 'write')))
+                windows.append((self.box(previous, 'read'), self.box(heads, 'write')))
             canvases.append(c)
             mus.append(mu)
             log_sigmas.append(log_sigma)
-            zs.append(z)
-        return torch.stack(canvases), torch.stack(mus), torch.stack(log_sigmas), torch.stack(zs)
+        mu, log_sigma = torch.stack(mus), torch.stack(log_sigmas)
+        return torch.stack(canvases), mu, log_sigma, mu + torch.exp(log_sigma) * noise
 
     def elbo_terms(self, x, y=None):
         """Per image, nats: the reconstruction -log D(x | c_T), a Bernoulli with logits c_T summed
@@ -221,13 +270,28 @@ class DRAWModel(nn.Module):
         """Draw n images from the prior (of classes y (n,) when conditional): every glimpse's canvas,
         (T, n, C, B, A) in [0, 1]. A list passed as windows receives each glimpse's write box."""
         device = self.pixels_a.device
+        w, label = self.weights(), self.one_hot(y)
         c, _, dec_state = self.initial_state(n, device)
         canvases = []
         for _ in range(T or self.T):
             z = torch.randn(n, self.z_size, device=device, generator=generator)  # Eq. 13
-            dec_state = self.decoder(self.with_label(z, y), dec_state)  # Eq. 14
-            c = c + self.write(dec_state[0])  # Eq. 15
+            c, dec_state, heads = self.decode(w, z, label, c, dec_state)  # Eqs. 14-15
             if windows is not None:
-                windows.append(self.box(dec_state[0], 'write'))
+                windows.append(self.box(heads, 'write'))
             canvases.append(torch.sigmoid(c))  # Eq. 16: the mean of D(X | c_t)
         return torch.stack(canvases)
+
+
+def with_label(inputs, label):
+    """inputs (n, k) with the one-hot labels (n, num_classes) appended; inputs alone when label is None."""
+    return inputs if label is None else torch.cat((inputs, label.to(inputs.dtype)), dim=1)
+
+
+def lstm(inputs, state, weights):
+    """PyTorch's LSTMCell (gates i, f, g, o) on (h, cell) = state, with weights (W, b) whose W holds
+    the input and recurrent weights side by side: one product for both. The gates and the cell are
+    fp32 whatever the product's precision."""
+    h, cell = state
+    i, f, g, o = F.linear(torch.cat((inputs, h), dim=1), *weights).float().chunk(4, dim=1)
+    cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(cell), cell

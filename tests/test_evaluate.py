@@ -38,7 +38,8 @@ def exact_nll(model, x):
     z = torch.linspace(-9, 9, 20001).unsqueeze(1)
     _, _, state = model.initial_state(len(z), 'cpu')
     with torch.no_grad():
-        logits = model.write(model.decoder(z, state)[0])
+        h = model.decoder(z, state)[0]
+        logits = model.write(torch.cat([fc(h) for fc in model.head_layers()], dim=1))
     log_px_z = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction='none').flatten(1).sum(1)
     log_prior = -z[:, 0] ** 2 / 2 - 0.5 * math.log(2 * math.pi)
     return -(torch.logsumexp(log_px_z + log_prior, 0) + math.log(z[1, 0] - z[0, 0])).item()

@@ -26,6 +26,19 @@ def window(model, fc, gx_=0.0, gy_=0.0, log_sigma2=0.0, log_delta_=0.0, log_gamm
         fc.bias.copy_(torch.tensor([gx_, gy_, log_sigma2, log_delta_, log_gamma]))
 
 
+def heads(model, h):
+    """The decoder's outputs (model.head_layers) for the decoder state h."""
+    return torch.cat([fc(h) for fc in model.head_layers()], dim=1)
+
+
+def read(model, x, x_hat, h):
+    return model.read(x, x_hat, model.window(heads(model, h), 'read'))
+
+
+def filters(model, h, name):
+    return model.filters(model.window(heads(model, h), name), getattr(model, f'{name}_offsets'))
+
+
 def test_filterbank_matches_the_paper_written_out():
     model = make()
     gx, gy, sigma2, delta = 6.3, 4.1, 1.7, 1.9
@@ -42,7 +55,7 @@ def test_filterbank_matches_the_paper_written_out():
 
 def test_filter_rows_sum_to_one():
     model = make()
-    Fx, Fy, _ = model.read_window(torch.randn(7, 16) * 3)
+    Fx, Fy, _ = filters(model, torch.randn(7, 16) * 3, 'read')
     torch.testing.assert_close(Fx.sum(2), torch.ones(7, model.read_N))
     torch.testing.assert_close(Fy.sum(2), torch.ones(7, model.read_N))
 
@@ -55,8 +68,8 @@ def test_grid_is_centred(N):
     x = torch.rand(1, 1, 11, 11)
     x_mirror = x.flip(2, 3)
     h = torch.zeros(1, 16)
-    glimpse = model.read(x, x, h)[:, :N * N].view(N, N)
-    glimpse_mirror = model.read(x_mirror, x_mirror, h)[:, :N * N].view(N, N)
+    glimpse = read(model, x, x, h)[:, :N * N].view(N, N)
+    glimpse_mirror = read(model, x_mirror, x_mirror, h)[:, :N * N].view(N, N)
     torch.testing.assert_close(glimpse_mirror, glimpse.flip(0, 1))
 
 
@@ -64,8 +77,8 @@ def test_fresh_filters_cover_the_whole_image():
     """Initialised as a smooth grid (sigma = delta / 2): no pixel between two filters goes unseen,
     so thin strokes reach the encoder from the first step."""
     model = make(A=32, B=32, read_N=6, write_N=6)
-    for window_of in (model.read_window, model.write_window):
-        Fx, Fy, _ = window_of(torch.zeros(1, 16))
+    for name in ('read', 'write'):
+        Fx, Fy, _ = filters(model, torch.zeros(1, 16), name)
         coverage = Fx[0].sum(0)  # weight each pixel column gets from the N filters
         assert coverage[4:-4].min() > 0.1, coverage  # old init: ~0.01 midway between filters
 
@@ -82,12 +95,12 @@ def test_read_then_write_with_N_equal_A_and_tiny_sigma_returns_the_image():
     for fc in (model.fc_read_attention, model.fc_write_attention):  # delta = 1, g = centre, gamma = 1
         window(model, fc, log_sigma2=math.log(0.01))
     h = torch.zeros(1, 16)
-    glimpse = model.read(x, torch.zeros_like(x), h)[:, :64]
+    glimpse = read(model, x, torch.zeros_like(x), h)[:, :64]
     torch.testing.assert_close(glimpse, x.flatten(1), atol=1e-5, rtol=0)
     with torch.no_grad():
         model.fc_write.weight.zero_()
         model.fc_write.bias.copy_(glimpse[0])
-    torch.testing.assert_close(model.write(h), x, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.write(heads(model, h)), x, atol=1e-5, rtol=0)
 
 
 def test_gamma_scales_read_and_divides_write():
@@ -95,11 +108,11 @@ def test_gamma_scales_read_and_divides_write():
     x, h = torch.rand(2, 1, 10, 12), torch.randn(2, 16)
     for fc, log_gamma in ((model.fc_read_attention, 0.0), (model.fc_write_attention, 0.0)):
         window(model, fc, log_gamma=log_gamma)
-    r1, w1 = model.read(x, x, h), model.write(h)
+    r1, w1 = read(model, x, x, h), model.write(heads(model, h))
     for fc in (model.fc_read_attention, model.fc_write_attention):
         window(model, fc, log_gamma=math.log(2.0))
-    torch.testing.assert_close(model.read(x, x, h), 2 * r1)
-    torch.testing.assert_close(model.write(h), w1 / 2)
+    torch.testing.assert_close(read(model, x, x, h), 2 * r1)
+    torch.testing.assert_close(model.write(heads(model, h)), w1 / 2)
 
 
 def test_loss_is_bernoulli_likelihood_plus_exact_kl():
@@ -189,17 +202,17 @@ def test_original_layout_draws_what_the_original_code_draws():
 def test_boxes_sit_on_the_filters_they_describe(kw):
     """A window's box is centred on its filters' centre of mass (0-based pixels) and N * delta wide."""
     model = make(A=24, B=24, read_N=3, write_N=4, **kw)
-    fc = model.attention_fc('write')
+    fc = model.fc_attention if model.original_layout else model.fc_write_attention
     window(model, fc, gx_=0.2, gy_=-0.3, log_sigma2=0.0, log_delta_=math.log(0.2))
     h = torch.zeros(1, 16)
-    Fx, Fy, _ = model.write_window(h)
-    x, y, side = model.box(h, 'write')[0].tolist()
+    Fx, Fy, _ = filters(model, h, 'write')
+    x, y, side = model.box(heads(model, h), 'write')[0].tolist()
     centres = lambda F_: (F_[0] * torch.arange(F_.shape[2])).sum(1)  # each filter's mean pixel, 0-based
     assert x == pytest.approx(centres(Fx).mean().item(), abs=1e-3)
     assert y == pytest.approx(centres(Fy).mean().item(), abs=1e-3)
     stride = (centres(Fx)[1:] - centres(Fx)[:-1]).mean().item()
     assert side == pytest.approx(4 * stride, abs=1e-3)
-    assert make(read_attn=False).box(h, 'read') is None
+    assert make(read_attn=False).box(heads(make(read_attn=False), h), 'read') is None
 
 
 def test_windows_are_recorded_per_glimpse_without_changing_the_draw():
