@@ -207,14 +207,14 @@ class DRAWModel(nn.Module):
     def glimpse(self, w, x, label, c, enc_state, dec_state, heads, noise):
         """One glimpse of the encoder-decoder pass on weights w (self.weights()), from the canvas, the
         states and the decoder's outputs heads of the glimpse before (its read window); noise (n, z_size)
-        ~ N(0, 1). Returns the new (c, enc_state, dec_state, heads) and the posterior's mu, log sigma."""
+        ~ N(0, 1). Returns the new (c, enc_state, dec_state, heads) and the posterior's mu, log sigma, z."""
         x_hat = x - torch.sigmoid(c)  # Eq. 3
         r = self.read(x, x_hat, self.window(heads, 'read'))  # Eq. 4
         enc_state = lstm(with_label(torch.cat((r, dec_state[0]), dim=1), label), enc_state, w['encoder'])  # Eq. 5
         mu, log_sigma = F.linear(enc_state[0], *w['latent']).float().chunk(2, dim=1)  # Eqs. 1-2
         z = mu + torch.exp(log_sigma) * noise  # Eq. 6: z_t ~ Q(Z_t | h_enc_t)
         c, dec_state, heads = self.decode(w, z, label, c, dec_state)  # Eqs. 7-8
-        return c, enc_state, dec_state, heads, mu, log_sigma
+        return c, enc_state, dec_state, heads, mu, log_sigma, z
 
     def forward(self, x, y=None, T=None, windows=None):
         """Encode and redraw x (n, C, B, A) in [0, 1] (of classes y (n,) when conditional).
@@ -228,18 +228,18 @@ class DRAWModel(nn.Module):
         c, enc_state, dec_state = self.initial_state(x.size(0), x.device)
         heads = F.linear(dec_state[0], *w['heads'])  # the first read window, from h_dec_0 = 0
         noise = torch.randn(T, x.size(0), self.z_size, device=x.device)  # Eq. 6's noise, every glimpse's
-        canvases, mus, log_sigmas = [], [], []
+        canvases, mus, log_sigmas, zs = [], [], [], []
         for t in range(T):
             previous = heads
-            c, enc_state, dec_state, heads, mu, log_sigma = self.glimpse(w, x, label, c, enc_state, dec_state,
-                                                                         heads, noise[t])
+            c, enc_state, dec_state, heads, mu, log_sigma, z = self.glimpse(w, x, label, c, enc_state, dec_state,
+                                                                            heads, noise[t])
             if windows is not None:
                 windows.append((self.box(previous, 'read'), self.box(heads, 'write')))
             canvases.append(c)
             mus.append(mu)
             log_sigmas.append(log_sigma)
-        mu, log_sigma = torch.stack(mus), torch.stack(log_sigmas)
-        return torch.stack(canvases), mu, log_sigma, mu + torch.exp(log_sigma) * noise
+            zs.append(z)
+        return torch.stack(canvases), torch.stack(mus), torch.stack(log_sigmas), torch.stack(zs)
 
     def elbo_terms(self, x, y=None):
         """Per image, nats: the reconstruction -log D(x | c_T), a Bernoulli with logits c_T summed

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / 'shared' / 'data'
@@ -17,6 +18,10 @@ def shared(relative):
         pytest.skip(f'{path} is absent: the shared test data sits beside the repository only in CI')
     return path
 
+
+def heads(model, h):
+    """The decoder's outputs (model.head_layers, in their order) for the decoder state h."""
+    return torch.cat([fc(h) for fc in model.head_layers()], dim=1)
 
 
 def csv_lines(imgs, names):

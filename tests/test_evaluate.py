@@ -14,7 +14,7 @@ import classifier
 import dataloader
 import evaluate
 import train
-from conftest import TINY, csv_lines, run, shared, write_tiny_csv
+from conftest import TINY, csv_lines, heads, run, shared, write_tiny_csv
 from dataloader import load_data, model_inputs
 from draw_model import DRAWModel
 from train import params as DEFAULTS
@@ -39,7 +39,7 @@ def exact_nll(model, x):
     _, _, state = model.initial_state(len(z), 'cpu')
     with torch.no_grad():
         h = model.decoder(z, state)[0]
-        logits = model.write(torch.cat([fc(h) for fc in model.head_layers()], dim=1))
+        logits = model.write(heads(model, h))
     log_px_z = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction='none').flatten(1).sum(1)
     log_prior = -z[:, 0] ** 2 / 2 - 0.5 * math.log(2 * math.pi)
     return -(torch.logsumexp(log_px_z + log_prior, 0) + math.log(z[1, 0] - z[0, 0])).item()

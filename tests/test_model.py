@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
+from conftest import heads
 from draw_model import DRAWModel
 from train import params as DEFAULTS
 
@@ -24,11 +25,6 @@ def window(model, fc, gx_=0.0, gy_=0.0, log_sigma2=0.0, log_delta_=0.0, log_gamm
     with torch.no_grad():
         fc.weight.zero_()
         fc.bias.copy_(torch.tensor([gx_, gy_, log_sigma2, log_delta_, log_gamma]))
-
-
-def heads(model, h):
-    """The decoder's outputs (model.head_layers) for the decoder state h."""
-    return torch.cat([fc(h) for fc in model.head_layers()], dim=1)
 
 
 def read(model, x, x_hat, h):
