@@ -175,10 +175,11 @@ def sample_scores(model, clf, real_x, n, generator):
     return found
 
 
-def score_lines(found, classes, accuracy, real='real test'):
-    """The scores as a short table; accuracy: the classifier's on its own test split."""
+def score_lines(found, classes, accuracy, real='real test', trained_on='the training split'):
+    """The scores as a short table; accuracy: the classifier's on the test split of the data it was
+    trained on (trained_on names it)."""
     s, r = found['samples'], found['real']
-    lines = [f"Sample quality, by a CNN trained on the training split ({100 * accuracy:.1f}% right on the test split):",
+    lines = [f"Sample quality, by a CNN trained on {trained_on} ({100 * accuracy:.1f}% right on the test split):",
              f"  {'':30}{'samples':>10}{real:>12}",
              f"  {'recognisable (p >= 0.9)':30}{100 * s['recognisable']:>9.1f}%{100 * r['recognisable']:>11.1f}%",
              f"  {'no character':30}{100 * s['no_character']:>9.1f}%{100 * r['no_character']:>11.1f}%",

@@ -503,28 +503,22 @@ def load_source(params, data_path, log=print):
     return load_data({**params, 'dataset': 'auto', 'data_path': data_path, 'classes': 'all'}, log)
 
 
-def load_file(params, classes, data_path, log=print):
-    """Every image of the source at data_path (both splits: a held-out file is scored whole), uint8,
-    with labels matched to classes by name (-1 where its class is not among them); its name; and
-    its class names that are not among classes."""
-    data = load_source(params, data_path, log)
+def every_image(data, classes):
+    """Every image of data (both splits: a held-out file is scored whole), uint8, with labels matched
+    to classes by name (-1 where its class is not among them); and its class names not among classes."""
     remap, unmatched = class_map(data.classes, classes)
-    y = remap[torch.cat((data.train_y, data.test_y))]
-    return torch.cat((data.train_x, data.test_x)), y, data.name, unmatched
+    return torch.cat((data.train_x, data.test_x)), remap[torch.cat((data.train_y, data.test_y))], unmatched
 
 
-def load_data_for(params, classes, data_path, log=print):
-    """The source at data_path, all its classes, for a checkpoint to redraw. A conditional model's
-    labels are matched to its classes by name; images of others are left out, and said so."""
-    data = load_source(params, data_path, log)
-    if not params['conditional']:
-        return data
+def of_classes(data, classes, where, log=print):
+    """data with its labels matched to classes by name, for a conditional model: images of other
+    classes are left out, and said so; none matching is an InputError naming where."""
     remap, unmatched = class_map(data.classes, classes)
     if (remap < 0).all():
-        raise InputError(f"{data_path}: none of its classes ({', '.join(data.classes[:6])}...) is one the model "
+        raise InputError(f"{where}: none of its classes ({', '.join(data.classes[:6])}...) is one the model "
                          f"was trained on ({', '.join(classes[:6])}...); a conditional model needs its own classes.")
     if unmatched:
-        log(f"{data_path}: {plural(len(unmatched), 'class')} not the model's, their images left out: "
+        log(f"{where}: {plural(len(unmatched), 'class')} not the model's, their images left out: "
             f"{listing(unmatched)}.")
     split = []
     for x, y in ((data.train_x, data.train_y), (data.test_x, data.test_y)):
@@ -532,3 +526,10 @@ def load_data_for(params, classes, data_path, log=print):
         split += [x[keep], remap[y[keep]]]
     glyph = {canonical(c): g for c, g in zip(data.classes, data.glyphs)}
     return Dataset(*split, list(classes), [glyph.get(canonical(c), '') for c in classes], data.name)
+
+
+def load_data_for(params, classes, data_path, log=print):
+    """The source at data_path, all its classes, for a checkpoint to redraw; a conditional model's
+    labels matched to its classes by name (of_classes)."""
+    data = load_source(params, data_path, log)
+    return of_classes(data, classes, data_path, log) if params['conditional'] else data

@@ -242,18 +242,18 @@ class DRAWModel(nn.Module):
         return torch.stack(canvases), torch.stack(mus), torch.stack(log_sigmas), torch.stack(zs)
 
     def elbo_terms(self, x, y=None):
-        """Per image, nats: the reconstruction -log D(x | c_T), a Bernoulli with logits c_T summed
-        over pixels (Eq. 9), (n,); the KL(N(mu, sigma) || N(0, 1)) of every glimpse (Eqs. 10-11),
-        (T, n); and the posterior's (mu, log_sigma, z), (T, n, z_size) each."""
+        """Per image, nats: the reconstruction -log D(x | c_T) of each channel, a Bernoulli with logits
+        c_T summed over pixels (Eq. 9), (n, C); the KL(N(mu, sigma) || N(0, 1)) of every glimpse
+        (Eqs. 10-11), (T, n); and the posterior's (mu, log_sigma, z), (T, n, z_size) each."""
         canvases, mu, log_sigma, z = self(x, y)
-        recon = F.binary_cross_entropy_with_logits(canvases[-1], x, reduction='none').flatten(1).sum(1)  # Eq. 9
+        recon = F.binary_cross_entropy_with_logits(canvases[-1], x, reduction='none').sum((2, 3))  # Eq. 9
         kl = 0.5 * (mu ** 2 + torch.exp(2 * log_sigma) - 2 * log_sigma - 1).sum(2)  # Eq. 11
         return recon, kl, (mu, log_sigma, z)
 
     def loss(self, x, y=None):
         """Negative ELBO in nats per image (averaged over the batch), with its two terms (Eq. 12)."""
         recon, kl, _ = self.elbo_terms(x, y)
-        recon, kl = recon.mean(), kl.sum(0).mean()
+        recon, kl = recon.sum(1).mean(), kl.sum(0).mean()
         return recon + kl, recon, kl  # Eq. 12
 
     def objective(self, x, y=None, kl_weight=1.0, free_bits=0.0):
@@ -262,7 +262,7 @@ class DRAWModel(nn.Module):
         2016) and counts each glimpse's batch-mean KL as at least free_bits nats (free bits: Kingma
         et al. 2016, IAF); both shape the gradient only, and at (1, 0) the two values are equal."""
         recon, kl, _ = self.elbo_terms(x, y)
-        recon, kl = recon.mean(), kl.mean(1)  # (T,): each glimpse's KL
+        recon, kl = recon.sum(1).mean(), kl.mean(1)  # (T,): each glimpse's KL
         return recon + kl_weight * kl.clamp(min=free_bits).sum(), recon + kl.sum()
 
     @torch.no_grad()

@@ -3,8 +3,11 @@ a held-out file or folder (-data, any format the loader reads):
     python evaluate.py -load_path checkpoint/model_final [-data PATH] [-k 50] [-num_samples 1000] [-weights trained]
 prints the negative ELBO in nats per image (reconstruction + KL, and the KL of every glimpse), the
 importance-weighted bound with K samples (Burda et al. 2015, closer to -log p(x)), bits per
-dimension, and sample-quality scores from a small CNN trained on the checkpoint's own training split
-(classifier.py), with the scored images as the real-image ceiling; writes kl_per_glimpse.png.
+dimension, for a model of several channels (one grey image repeated) both bounds of each channel
+alone, and sample-quality scores from a small CNN (classifier.py) trained on the checkpoint's own
+training split, with the scored images as the real-image ceiling; writes kl_per_glimpse.png. A
+checkpoint that records no data (the 2019 code's) is scored by the classifier of the -data file's
+own classes, against its test split; without -data it gets no sample scores.
 """
 import argparse
 import math
@@ -15,7 +18,7 @@ import torch
 import classifier
 import train
 import utils
-from dataloader import listing, load_file, load_trained, model_inputs, plural
+from dataloader import every_image, listing, load_source, load_trained, model_inputs, of_classes, plural
 
 
 def parse_args(argv=None):
@@ -48,64 +51,106 @@ def parse_args(argv=None):
 
 @torch.no_grad()
 def log_weights(model, x, y):
-    """One posterior sample z ~ q(z | x) per image: log p(x | z) + log p(z) - log q(z | x), (n,), with
-    the ELBO's terms, the reconstruction (n,) and the KL of each glimpse (T, n)."""
+    """One posterior sample z ~ q(z | x) per image: log p(x | z) + log p(z) - log q(z | x), of the
+    whole image and of each of its C channels alone (the model's marginal of that channel), (n, 1 + C);
+    with the ELBO's terms, the same reconstructions (n, 1 + C) and the KL of each glimpse (T, n)."""
     recon, kl, (mu, log_sigma, z) = model.elbo_terms(x, y)
+    recon, kl = torch.cat((recon.sum(1, keepdim=True), recon), dim=1).double(), kl.double()
     eps = (z - mu) / torch.exp(log_sigma)
-    log_q_over_p = (-log_sigma - eps ** 2 / 2 + z ** 2 / 2).sum((0, 2))  # log N(z; mu, sigma) - log N(z; 0, 1)
-    return -recon - log_q_over_p, recon, kl
+    log_q_over_p = (-log_sigma - eps ** 2 / 2 + z ** 2 / 2).sum((0, 2)).double()  # log N(z; mu, sigma) - log N(z; 0, 1)
+    return -recon - log_q_over_p.unsqueeze(1), recon, kl
 
 
 def bounds(model, x, y, k, batch_size=2048):
     """On images x (labels y): the ELBO's terms averaged over k posterior samples per image, and the
-    k-sample importance-weighted bound -log (1/k sum_i w_i), all in nats per image."""
+    k-sample importance-weighted bound -log (1/k sum_i w_i), all in nats per image; and both bounds
+    of each channel alone, (ELBO, IWAE) per channel."""
     per_batch = max(1, batch_size // k)
     iwae, recon, kl = 0.0, 0.0, 0.0
     for i in range(0, len(x), per_batch):
         xb = x[i:i + per_batch].repeat_interleave(k, dim=0)
         yb = None if y is None else y[i:i + per_batch].repeat_interleave(k, dim=0)
         log_w, r, kl_t = log_weights(model, xb, yb)
-        iwae -= (torch.logsumexp(log_w.view(-1, k), dim=1) - math.log(k)).sum().item()
-        recon += r.sum().item() / k
+        iwae = iwae - (torch.logsumexp(log_w.view(-1, k, log_w.shape[1]), dim=1) - math.log(k)).sum(0)
+        recon = recon + r.sum(0) / k
         kl = kl + kl_t.sum(1) / k
-    kl = kl / len(x)
-    return {'iwae': iwae / len(x), 'recon': recon / len(x), 'kl': kl.sum().item(), 'kl_t': kl.tolist(),
-            'elbo': recon / len(x) + kl.sum().item()}
+    iwae, recon, kl = iwae / len(x), recon / len(x), kl / len(x)
+    elbo = recon + kl.sum()
+    return {'iwae': iwae[0].item(), 'recon': recon[0].item(), 'kl': kl.sum().item(), 'kl_t': kl.tolist(),
+            'elbo': elbo[0].item(), 'channels': list(zip(elbo[1:].tolist(), iwae[1:].tolist()))}
 
 
-def scored_images(own, params, classes, conditional, path):
+def bound_lines(found, k, title, x):
+    """The bounds found on images x (n, C, B, A) as printed, under title; with C > 1 channels (one
+    grey image repeated), each channel's bounds too, which compare with a one-channel model's."""
+    dims, channels = x[0].numel(), x.shape[1]
+    lines = [f"{title}: {len(x)} images, {dims} dimensions each"
+             + (f" ({channels} channels of one grey image)" if channels > 1 else ''),
+             f"  negative ELBO      {found['elbo']:8.2f} nats per image (reconstruction {found['recon']:.2f} "
+             f"+ KL {found['kl']:.2f}), averaged over {k} posterior samples",
+             f"  IWAE bound, k={k:<4}{found['iwae']:8.2f} nats per image (an upper bound on -log p(x), "
+             + ("tighter than the ELBO)" if k > 1 else "with k=1 the ELBO itself; k > 1 tightens it)"),
+             f"  bits per dimension {found['elbo'] / dims / math.log(2):8.4f} (ELBO), "
+             f"{found['iwae'] / dims / math.log(2):.4f} (IWAE)",
+             "  KL per glimpse     " + ' '.join(f'{v:.1f}' for v in found['kl_t'])]
+    if channels > 1:
+        elbo, iwae = (' '.join(f'{v:.2f}' for v in values) for values in zip(*found['channels']))
+        lines.insert(3, f"  per channel        ELBO {elbo}, IWAE {iwae} nats per image (each channel alone: these "
+                        f"compare with a one-channel model's)")
+    return lines
+
+
+def scored_images(own, source, classes, path):
     """(uint8 images, labels matched to the checkpoint's classes, -1 where none, a description): the
-    test split of own, the checkpoint's own data, or every image at path. A conditional model needs
-    its classes: images of others are left out, and said so."""
-    if path is None:
+    test split of own, the checkpoint's own data, or every image of source, the -data file (for a
+    conditional model, already narrowed to its classes)."""
+    if source is None:
         return own.test_x, own.test_y, f"the test split of {own.name}"
-    x, y, name, unmatched = load_file(params, classes, path)
+    x, y, unmatched = every_image(source, classes)
     if unmatched and classes:  # 2019 checkpoints name no classes
-        left = f"{(y < 0).sum()} images left out" if conditional else "scored, but not by class"
-        print(f"{path}: {plural(len(unmatched), 'class')} not the model's ({listing(unmatched)}): {left}.")
-    if conditional:
-        if (y < 0).all():
-            raise utils.InputError(f"{path}: none of its classes is one the conditional model was trained on "
-                                   f"({', '.join(classes[:6])}...).")
-        x, y = x[y >= 0], y[y >= 0]
-    return x, y, f"every image of {name}"
+        print(f"{path}: {plural(len(unmatched), 'class')} not the model's ({listing(unmatched)}): scored, but not "
+              f"by class.")
+    return x, y, f"every image of {source.name}"
 
 
-def sample_quality(model, own, params, record, x, y, args, device):
-    """The classifier's lines for samples and for the real images x (model inputs, labels y), with
-    the classifier of own, the checkpoint's own data (loaded here from its record when None)."""
+def classifier_data(params, record, own, source, load_path):
+    """(the data whose classifier scores the samples, lines that say whose it is where that needs
+    saying): the checkpoint's own data (own, or loaded here from its record); for a checkpoint that
+    records none (the 2019 code's), source, the -data file. An InputError says why there is none."""
+    if record:
+        try:
+            return own if own is not None else load_trained(params, record, load_path, log=lambda _: None), []
+        except utils.InputError as e:
+            raise utils.InputError(f"the checkpoint's training data is needed for its classifier ({e})") from None
+    if source is None:
+        raise utils.InputError(f"{load_path} records no training data (the 2019 code's files do not), so no "
+                               f"classifier of its classes is known; give a labelled file of them with -data PATH.")
+    return source, [f"{load_path} records no training data: its samples are scored by the classifier of the -data "
+                    f"file's own {plural(len(source.classes), 'class')}."]
+
+
+def sample_quality(model, params, record, own, source, file, args, device):
+    """The classifier's lines for samples and, as the ceiling, real images: with the classifier of the
+    checkpoint's own data, the -data file's images (file: model inputs, labels) where given, else its
+    test split; with the classifier of the -data file (a checkpoint that records no data), the file's
+    test split, which the classifier did not learn."""
+    held_out = bool(record) and source is not None  # the file's images: none of them trained the classifier
     try:
-        own = own if own is not None else load_trained(params, record, args.load_path, log=lambda _: None)
+        data, lines = classifier_data(params, record, own, source, args.load_path)
+        test = model_inputs(data.test_x, params).to(device), data.test_y.to(device)
+        clf, accuracy = classifier.of_data(data, (data.train_x.to(device), data.train_y.to(device)), test, params,
+                                           log=lines.append)
+        x, y = file if held_out else test
+        if len(x) < 4:  # half of them are scored beside as many samples, half are the Frechet distance's reference
+            raise utils.InputError(f"only {plural(len(x), 'real image')} to score the samples against; the scores "
+                                   f"need 4 or more.")
     except utils.InputError as e:
-        return [f"Sample quality: skipped, the checkpoint's training data is needed for its classifier ({e})"]
-    if len(own.classes) < 2:
-        return [f"Sample quality: skipped, {own.name} has no class labels for a classifier to learn."]
-    clf, accuracy = classifier.of_data(own, (own.train_x.to(device), own.train_y.to(device)),
-                                       (model_inputs(own.test_x, params).to(device), own.test_y.to(device)), params)
+        return [f"Sample quality: skipped, {e}"]
     generator = torch.Generator(device).manual_seed(args.seed)
-    lines = classifier.score_lines(classifier.sample_scores(model, clf, x, args.num_samples, generator), own.classes,
-                                   accuracy, 'real test' if args.data is None else 'real (file)')
-    if args.data is not None and (y >= 0).any():
+    lines += classifier.score_lines(classifier.sample_scores(model, clf, x, args.num_samples, generator),
+                                    data.classes, accuracy, 'real (file)' if held_out else 'real test',
+                                    f'the training split of {data.name}')
+    if held_out and (y >= 0).any():
         right = (classifier.apply(clf, x[y >= 0]).argmax(1) == y[y >= 0]).double().mean().item()
         lines.append(f"  the classifier is {100 * right:.1f}% right on the file's {int((y >= 0).sum())} images "
                      f"of its classes")
@@ -119,28 +164,24 @@ def main(argv=None):
                                            'training_model' if args.weights == 'trained' else 'model')
     out = utils.writable_dir(args.out_dir, '-out_dir')  # before any work
     params = {**train.params, **params}  # 2019 checkpoints name no data settings: the defaults
+    classes = ckpt.get('classes') or []
+    source = None if args.data is None else load_source(params, args.data)
+    if source is not None and model.num_classes:
+        source = of_classes(source, classes, args.data)
     # the checkpoint's own data; with -data it is needed only for the classifier, loaded there
-    own = load_trained(params, ckpt.get('data'), args.load_path) if args.data is None else None
-    x, y, where = scored_images(own, params, ckpt.get('classes') or [], bool(model.num_classes), args.data)
+    own = load_trained(params, ckpt.get('data'), args.load_path) if source is None else None
+    x, y, where = scored_images(own, source, classes, args.data)
     if len(x) == 0:
         raise utils.InputError(f"{where}: no images; nothing to evaluate.")
     x, y = model_inputs(x, params).to(device), y.to(device)
     torch.manual_seed(args.seed)
     found = bounds(model, x, y if model.num_classes else None, args.k)
-    dims = x[0].numel()
-    print(f"{args.load_path} on {where}: {len(x)} images, {dims} dimensions each")
-    print(f"  negative ELBO      {found['elbo']:8.2f} nats per image (reconstruction {found['recon']:.2f} "
-          f"+ KL {found['kl']:.2f}), averaged over {args.k} posterior samples")
-    print(f"  IWAE bound, k={args.k:<4}{found['iwae']:8.2f} nats per image (an upper bound on -log p(x), "
-          + ("tighter than the ELBO)" if args.k > 1 else "with k=1 the ELBO itself; k > 1 tightens it)"))
-    print(f"  bits per dimension {found['elbo'] / dims / math.log(2):8.4f} (ELBO), "
-          f"{found['iwae'] / dims / math.log(2):.4f} (IWAE)")
-    print("  KL per glimpse     " + ' '.join(f'{v:.1f}' for v in found['kl_t']))
+    print('\n'.join(bound_lines(found, args.k, f"{args.load_path} on {where}", x)))
     path = out / 'kl_per_glimpse.png'
     utils.plot_kl(path, found['kl_t'], f"{Path(args.load_path).name}: KL per glimpse, {found['kl']:.1f} nats in all")
     print(f"  wrote {path}")
     if args.num_samples:
-        print('\n'.join(sample_quality(model, own, params, ckpt.get('data'), x, y, args, device)))
+        print('\n'.join(sample_quality(model, params, ckpt.get('data'), own, source, (x, y), args, device)))
 
 
 if __name__ == '__main__':

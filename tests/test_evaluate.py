@@ -4,6 +4,7 @@ import contextlib
 import io
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,29 +18,32 @@ import train
 from conftest import TINY, csv_lines, heads, run, shared, write_tiny_csv
 from dataloader import load_data, model_inputs
 from draw_model import DRAWModel
+from test_scripts import original_checkpoint
 from train import params as DEFAULTS
 
 
-def one_glimpse_model():
+def one_glimpse_model(channel=1):
     """T = 1 and a 1-D latent: -log p(x) = -log of an integral over z, which quadrature computes.
     Weights scaled up so that the image depends sharply on z and the untrained encoder's q is far
     from the true posterior: the ELBO is loose."""
     torch.manual_seed(0)
     model = DRAWModel({**DEFAULTS, 'T': 1, 'A': 4, 'B': 4, 'z_size': 1, 'read_N': 2, 'enc_size': 8, 'dec_size': 8,
-                       'write_attn': False})
+                       'write_attn': False, 'channel': channel})
     with torch.no_grad():
         model.decoder.weight_ih.mul_(3)
         model.fc_write.weight.mul_(10)
     return model.eval()
 
 
-def exact_nll(model, x):
-    """-log p(x) = -log integral N(z; 0, 1) p(x | z) dz on a fine grid (the decoder, Eqs. 13-16)."""
+def exact_nll(model, x, channels=slice(None)):
+    """-log p(x) = -log integral N(z; 0, 1) p(x | z) dz on a fine grid (the decoder, Eqs. 13-16), of
+    the image x's channels (all by default)."""
     z = torch.linspace(-9, 9, 20001).unsqueeze(1)
     _, _, state = model.initial_state(len(z), 'cpu')
     with torch.no_grad():
         h = model.decoder(z, state)[0]
-        logits = model.write(heads(model, h))
+        logits = model.write(heads(model, h))[:, channels]
+    x = x[:, channels]
     log_px_z = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction='none').flatten(1).sum(1)
     log_prior = -z[:, 0] ** 2 / 2 - 0.5 * math.log(2 * math.pi)
     return -(torch.logsumexp(log_px_z + log_prior, 0) + math.log(z[1, 0] - z[0, 0])).item()
@@ -56,6 +60,20 @@ def test_iwae_bound_closes_on_the_exact_likelihood():
     assert exact < few['iwae'] < many['elbo']  # Burda et al.: the bound tightens with k...
     assert many['iwae'] == pytest.approx(exact, abs=0.02)  # ...onto -log p(x)
     assert len(many['kl_t']) == 1 and many['kl'] == pytest.approx(sum(many['kl_t']))
+
+
+def test_each_channels_bounds_close_on_the_likelihood_of_that_channel_alone():
+    """A model of one grey image in three channels (the 2019 code's) is, channel by channel, a model
+    of the grey image: -log p(x_c) of its marginal, which a one-channel model's bound compares with."""
+    model = one_glimpse_model(channel=3)
+    x = (torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(1)) > 0.5).float().expand(-1, 3, -1, -1)
+    torch.manual_seed(0)
+    found = evaluate.bounds(model, x, None, k=4000)
+    for c, (elbo, iwae) in enumerate(found['channels']):
+        exact = sum(exact_nll(model, xi.unsqueeze(0), slice(c, c + 1)) for xi in x) / 2
+        assert elbo > exact and iwae == pytest.approx(exact, abs=0.02)
+    assert sum(elbo for elbo, _ in found['channels']) == pytest.approx(found['elbo'] + 2 * found['kl'])  # KL in each
+    assert found['iwae'] == pytest.approx(sum(exact_nll(model, xi.unsqueeze(0)) for xi in x) / 2, abs=0.02)
 
 
 def test_frechet_distance_matches_the_closed_form():
@@ -162,6 +180,7 @@ def test_evaluate_scores_every_image_of_a_held_out_file_with_the_models_own_clas
     own = run('evaluate.py', '-load_path', 'checkpoint/model_final', '-k', '2', '-num_samples', '4', cwd=work)
     trained_on = re.search(r'(\d+\.\d)% right on the test split', own.stdout).group(1)
     assert f'({trained_on}% right on the test split)' in out.stdout  # the same, cached classifier
+    assert f"by a CNN trained on the training split of csv {work / 'data' / 'data.csv'} (" in out.stdout
 
 
 def test_evaluate_scores_the_average_or_with_weights_trained_the_trained_weights(trained, tmp_path):
@@ -225,3 +244,49 @@ def test_a_builtin_model_is_not_scored_on_a_csv_put_in_data_later(tmp_path, monk
     with contextlib.redirect_stdout(out):
         evaluate.main(['-load_path', 'checkpoint/model_final', '-k', '1', '-num_samples', '0'])
     assert 'on the test split of built-in rendered Devanagari: 46 images' in out.getvalue()
+
+
+def per_channel(out):
+    """The per-channel ELBOs evaluate.py printed, with its negative ELBO and KL."""
+    elbo, kl = map(float, re.search(r'negative ELBO\s+(\S+) nats .* \+ KL (\S+)\)', out).groups())
+    return [float(v) for v in re.search(r'per channel\s+ELBO ([\d. ]+),', out).group(1).split()], elbo, kl
+
+
+def test_a_2019_checkpoint_is_scored_by_the_classifier_of_the_files_own_classes(tmp_path, monkeypatch, capsys):
+    """A 2019 file records no data: with -data, its samples are scored by the classifier of that file's
+    classes (trained on its training split on first use, then cached), against its test split, not by
+    the built-in set's. Its three grey channels get bounds of their own."""
+    monkeypatch.chdir(tmp_path)
+    original_checkpoint(tmp_path / 'model_epoch_50')
+    images = np.random.default_rng(4).integers(0, 256, (40, 32, 32), dtype=np.uint8)
+    names = ['character_01_ka', 'digit_0', 'ga', 'ka'] * 10  # 4 classes: the 2019 model is unconditional, any fit
+    (tmp_path / 'held_out.csv').write_text('\n'.join(csv_lines(images, names)))
+    evaluate.main(['-load_path', 'model_epoch_50', '-data', 'held_out.csv', '-k', '1', '-num_samples', '4'])
+    out = capsys.readouterr().out
+    assert 'Classifier: trained 10 epochs on 34 images, ' in out and 'built-in' not in out
+    assert ("model_epoch_50 records no training data: its samples are scored by the classifier of the -data file's "
+            "own 4 classes.") in out
+    assert re.search(r'Sample quality, by a CNN trained on the training split of csv held_out.csv \(\d+\.\d% '
+                     r'right on the test split\):\n.* real test\n', out)
+    assert re.search(r'classes present\s+\d/4\s+\d/4', out) and list(Path('data/.cache').glob('classifier-*.pt'))
+    assert ': 40 images, 3072 dimensions each (3 channels of one grey image)' in out
+    channels, elbo, kl = per_channel(out)
+    assert len(channels) == 3 and sum(channels) == pytest.approx(elbo + 2 * kl, abs=0.05)  # each has the whole KL
+
+
+@pytest.mark.parametrize('data, skipped', [
+    ([], "model_epoch_50 records no training data (the 2019 code's files do not), so no classifier of its classes "
+         "is known; give a labelled file of them with -data PATH."),
+    (['-data', 'one_class.csv'], 'csv one_class.csv has no class labels for a classifier to learn; sample scores '
+                                 'need them.')], ids=['without -data', 'one-class file'])
+def test_a_2019_checkpoint_gets_no_sample_scores_without_labelled_data(tmp_path, monkeypatch, capsys, data, skipped):
+    """Without -data, a file that records no data is scored on data/ as it stands (the 2019 code's
+    default), but no classifier of other data scores its samples; nor is there one for a file with one class."""
+    monkeypatch.chdir(write_tiny_csv(tmp_path))
+    original_checkpoint(tmp_path / 'model_epoch_50')
+    images = np.random.default_rng(5).integers(0, 256, (12, 32, 32), dtype=np.uint8)
+    (tmp_path / 'one_class.csv').write_text('\n'.join(csv_lines(images, ['character_01_ka'] * 12)))
+    evaluate.main(['-load_path', 'model_epoch_50', *data, '-k', '1', '-num_samples', '4'])
+    out = capsys.readouterr().out
+    assert out.strip().endswith(f'\nSample quality: skipped, {skipped}')
+    assert 'Classifier' not in out and 'recognisable' not in out and len(per_channel(out)[0]) == 3
