@@ -7,6 +7,10 @@ the variants take turns, so drift hits them alike):
   2019-style        the 2019 loop's costs: 3 channels, unfused Adam, the loss read every step, fp32
   train.py (fp32)   this repository's step (fused Adam, no per-step sync)
   train.py (bf16)   the same under bf16 autocast, timed only where bf16 is native (what precision=auto uses)
+  train.py (..., compiled)  the step compiled by torch.compile, in the precision precision=auto picks
+                    (what a long train.py run uses; not timed with compile=false or where it cannot compile),
+                    after timing its compile in two fresh processes: cold (empty inductor caches) and
+                    warm (the caches the first left, as for a second train.py start)
   train.py (..., K=V)  with --vs K=V[,K=V...] (repeatable): train.py's step with those params changed, in
                     the precision train.py picks for them, e.g. --vs write_N=6 to time a size against the defaults
 with each step's arithmetic (matrix-product GFLOP per image, counted by torch's FlopCounterMode), the
@@ -15,7 +19,9 @@ large square products of the step's precision; and the time to draw 64 samples a
 and GIF (generate.py's work), median of 3.
 """
 import argparse
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +30,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import compiling
 import distributed
 import train
 import utils
@@ -80,7 +87,43 @@ def make_step(p, device, style):
         return step
     optimizer = torch.optim.Adam(model.parameters(), lr=p['learning_rate'], betas=(p['beta1'], 0.999), fused=True)
     objective = distributed.objective(model, device)
+    if style == 'compiled':
+        objective = compiling.compile_objective(objective, images, None, p['free_bits'], p['precision'], print)
+        if not isinstance(objective, compiling.Switch):
+            raise utils.InputError('the compiled step failed to compile (above); time it with compile=false.')
     return lambda: train.train_step(objective, optimizer, images, None, p)
+
+
+def variants_planned(p, vs, device, precision, native, compiled):
+    """{name: (params, style)} of the steps to time: the 2019 loop, train.py's step in fp32, in bf16 where
+    native, compiled (unless compile=false or it cannot compile here), and with each --vs change."""
+    plan = {'2019-style': ({**p, 'channel': 3, 'precision': 'fp32'}, '2019'),
+            'train.py (fp32)': ({**p, 'precision': 'fp32'}, 'train.py')}
+    if native:
+        plan['train.py (bf16)'] = ({**p, 'precision': 'bf16'}, 'train.py')
+    if compiled:
+        plan[f'train.py ({precision}, compiled)'] = ({**p, 'precision': precision}, 'compiled')
+    for change in vs:
+        try:
+            other = utils.apply_overrides(p, change.split(','))
+            utils.check_params(other)
+            if other['device'] != p['device']:
+                raise utils.InputError('every variant runs on the same device; run bench.py once per device.')
+            chosen, _ = utils.resolve_precision(other['precision'], device)
+        except utils.InputError as e:
+            raise utils.InputError(f'--vs {change}: {e}') from None
+        plan[f'train.py ({chosen}, {change})'] = ({**other, 'precision': chosen},
+                                                  'compiled' if other['compile'] == 'true' else 'train.py')
+    return plan
+
+
+def compile_seconds(overrides, cache):
+    """Seconds to compile train.py's step in a fresh process with inductor's caches in the folder cache."""
+    out = subprocess.run([sys.executable, __file__, '--compile-only', *overrides], capture_output=True, text=True,
+                         env={**os.environ, 'TORCHINDUCTOR_CACHE_DIR': cache})
+    if out.returncode:
+        raise utils.InputError(f"compiling in a fresh process failed:\n{out.stderr.strip()[-2000:]}")
+    return float(out.stdout.split()[-1])
 
 
 def throughput(variants, p, device, windows, steps, warmup):
@@ -121,6 +164,7 @@ def main(argv=None):
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps per variant first (default 3)')
     parser.add_argument('--vs', action='append', default=[], metavar='K=V[,K=V]',
                         help="also time train.py's step with these params changed (repeatable)")
+    parser.add_argument('--compile-only', action='store_true', help=argparse.SUPPRESS)  # compile_seconds' child
     args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if min(args.windows, args.steps) < 1 or args.warmup < 0:
         parser.error('--windows and --steps must be at least 1, --warmup at least 0')
@@ -129,21 +173,18 @@ def main(argv=None):
     device = utils.pick_device(p['device'])
     precision, why = utils.resolve_precision(p['precision'], device)
     torch.manual_seed(p['seed'])
-    variants = {'2019-style': make_step({**p, 'channel': 3, 'precision': 'fp32'}, device, '2019'),
-                'train.py (fp32)': make_step({**p, 'precision': 'fp32'}, device, 'train.py')}
-    native = utils.native_bf16(device)
-    if native:
-        variants['train.py (bf16)'] = make_step({**p, 'precision': 'bf16'}, device, 'train.py')
-    for change in args.vs:
-        try:
-            other = utils.apply_overrides(p, change.split(','))
-            utils.check_params(other)
-            if other['device'] != p['device']:
-                raise utils.InputError('every variant runs on the same device; run bench.py once per device.')
-            chosen, _ = utils.resolve_precision(other['precision'], device)
-        except utils.InputError as e:
-            raise utils.InputError(f'--vs {change}: {e}') from None
-        variants[f'train.py ({chosen}, {change})'] = make_step({**other, 'precision': chosen}, device, 'train.py')
+    if args.compile_only:
+        start = time.perf_counter()
+        make_step({**p, 'precision': precision}, device, 'compiled')
+        print(f'{time.perf_counter() - start:.1f}')
+        return
+    native, compiled = utils.native_bf16(device), p['compile'] != 'false' and not compiling.unavailable(device)
+    plan = variants_planned(p, args.vs, device, precision, native, compiled)  # --vs checked before any work
+    with tempfile.TemporaryDirectory() as cache:
+        if compiled:  # cold in a fresh process, warm in a second one, then warm here
+            cold, warm = (compile_seconds(overrides, cache) for _ in range(2))
+            os.environ['TORCHINDUCTOR_CACHE_DIR'] = cache
+        variants = {name: make_step(params, device, style) for name, (params, style) in plan.items()}
     width = max(map(len, variants)) + 2
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
     print(f"{name}; torch {torch.__version__}; T={p['T']}, {p['A']}x{p['B']}, batch {p['batch_size']}, "
@@ -165,6 +206,10 @@ def main(argv=None):
         peak = peaks['bf16' if variant.startswith('train.py (bf16') else 'fp32']
         print(f"{variant:<{width}}{median:>18,.0f}{f'{min(found):,.0f}-{max(found):,.0f}':>14}{median / base:>14.2f}x"
               f"{gflop[variant]:>13.3g}{gflop[variant] * median:>9,.0f}{gflop[variant] * median / peak:>9.0%}")
+    if compiled:
+        print(f"compile time of the step: {cold:.0f} s cold (empty caches), {warm:.0f} s warm (a second process)")
+    else:
+        print(f"compiled step: not timed ({'compile=false' if p['compile'] == 'false' else compiling.unavailable(device)})")
     print(f"generation: 64 samples + PNG + GIF in {generation_seconds(p, device):.2f} s (median of 3)")
 
 

@@ -54,10 +54,14 @@ class Objective(torch.nn.Module):
 
 def objective(model, device):
     """The loss function to train through: model.objective, wrapped in DDP under torchrun."""
-    wrapped = Objective(model)
+    return parallel(Objective(model), device)
+
+
+def parallel(objective, device):
+    """objective (an Objective, compiled or not), wrapped in DDP under torchrun."""
     if not dist.is_initialized():
-        return wrapped
-    return DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == 'cuda' else None)
+        return objective
+    return DistributedDataParallel(objective, device_ids=[device.index] if device.type == 'cuda' else None)
 
 
 def shard(order):

@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 import classifier
+import compiling
 import distributed
 import utils
 from dataloader import load_data, mean_image, model_inputs, plural, to_input
@@ -52,6 +53,7 @@ params = {
     'clip': 5.0,  # gradient-norm clipping threshold
     'ema': 0.998,  # decay per step of the weights' moving average: what is tested, drawn and saved (0: none)
     'precision': 'auto',  # auto: bf16 where native (CPUs with AVX512-BF16 or AMX, bf16 GPUs), else fp32 | fp32 | bf16
+    'compile': 'auto',  # auto: torch.compile the step where the run wins back the compile time | true | false
     'seed': 0,  # seeds the split, initialisation, noise and data order
     'device': 'auto',  # auto (CUDA when available) | cpu | cuda | cuda:1 ...
     'nonfinite_limit': 10,  # non-finite losses or gradients in a row (each update skipped) before training stops
@@ -92,8 +94,7 @@ def ema_decay(p, step):
 def update_average(averaged, weights, decay):
     """averaged's parameters := decay * themselves + (1 - decay) * weights (Polyak averaging, as an
     exponential moving average), on the device, without host synchronisation."""
-    for a, w in zip(averaged.parameters(), weights):
-        a.lerp_(w, 1 - decay)
+    torch._foreach_lerp_(list(averaged.parameters()), list(weights), 1 - decay)  # one kernel for all weights
 
 
 def train_step(objective, optimizer, x, y, p, step=0):
@@ -102,7 +103,7 @@ def train_step(objective, optimizer, x, y, p, step=0):
     free-bits objective the gradient came from) and whether it, the objective and the gradient norm
     are finite, device tensors. A non-finite step changes nothing: fused Adam skips it on the device
     (its found_inf, as under a GradScaler), moments and step count included."""
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=p['precision'] == 'bf16'):
+    with compiling.autocast(x.device, p['precision']):
         trained, loss = objective(x, y, kl_weight(p, step), p['free_bits'])
     optimizer.zero_grad(set_to_none=True)
     trained.backward()
@@ -258,11 +259,12 @@ def restore(model, optimizer, ckpt, train_x, averaged=None):
     return state
 
 
-def run_epochs(model, optimizer, train, test, p, state, save, scorer=None, averaged=None):
-    """Epochs state['epoch'] + 1 .. epoch_num over train and test, (images, labels) each; on SIGINT or
-    SIGTERM, saves model_interrupted and stops. The test bound, the GIFs and the scores are of the
-    weights' moving average, averaged, when there is one. Under torchrun only rank 0 evaluates and writes."""
-    train_x, objective, main = train[0], distributed.objective(model, train[0].device), distributed.rank() == 0
+def run_epochs(model, objective, optimizer, train, test, p, state, save, scorer=None, averaged=None):
+    """Epochs state['epoch'] + 1 .. epoch_num over train and test, (images, labels) each, training
+    model through objective (see step_objective); on SIGINT or SIGTERM, saves model_interrupted and
+    stops. The test bound, the GIFs and the scores are of the weights' moving average, averaged, when
+    there is one. Under torchrun only rank 0 evaluates and writes."""
+    train_x, main = train[0], distributed.rank() == 0
     shown = model if averaged is None else averaged
     image_dir, steps = Path(p['image_dir']), -(-(len(train_x) // distributed.world()) // p['batch_size'])
     with utils.StopSignals() as stop:
@@ -347,10 +349,30 @@ def train_on(p, ckpt, device):
         f"{plural(p['epoch_num'], 'epoch')} of {len(train[0])} images, batch {p['batch_size']}{processes}{resumed}.")
     if distributed.world() > 1:
         torch.manual_seed(p['seed'] + distributed.rank())  # each process its own noise; the order is rank 0's
+    p = {**p, 'precision': precision}
+    objective = step_objective(model, train, p, state, len(data.classes))
     scorer = sample_scorer(data, train, test, p) if p['sample_scores'] and distributed.rank() == 0 else None
-    run_epochs(model, optimizer, train, test, {**p, 'precision': precision}, state, save, scorer, averaged)
+    run_epochs(model, objective, optimizer, train, test, p, state, save, scorer, averaged)
     path = save('model_final')
     log(f"Saved {path}. Draw with: python generate.py -load_path {path} -num_output 64")
+
+
+def step_objective(model, train, p, state, num_classes):
+    """What training steps through: model.objective, compiled when compile asks for it (auto: where the
+    steps left win back the compile time, from an eager step timed on the first batch), in DDP under torchrun."""
+    train_x, train_y = train
+    objective = distributed.Objective(model)
+    bs, shard = p['batch_size'], len(distributed.shard(torch.arange(len(train_x))))
+    steps = (p['epoch_num'] - state['epoch']) * (shard // bs) - min(state['batch'], shard // bs)  # of full batches
+    x, y = to_input(train_x[:bs], p['binarize'], p['channel']), train_y[:bs]
+    key, record = compiling.cache_key(p, num_classes, train_x.device), compiling.Record(p['cache_dir'])
+    seconds = compiling.eager_step_seconds(objective, x, y, p['precision']) if p['compile'] == 'auto' and steps else 0
+    chosen, why = compiling.decide(p['compile'], train_x.device, steps, seconds, p['T'], record.get(key))
+    chosen = bool(distributed.same_everywhere(torch.tensor([int(chosen)], device=train_x.device)).item()) and steps > 0
+    log(f"{'Compiling' if chosen else 'Not compiling'} the training step ({why}).")
+    if chosen:
+        objective = compiling.compile_objective(objective, x, y, p['free_bits'], p['precision'], log, record, key)
+    return distributed.parallel(objective, train_x.device)
 
 
 def log(message):

@@ -104,6 +104,7 @@ def check_params(params):
         'binarize': (lambda v: v in ('none', 'threshold', 'sample'), "'none', 'threshold' or 'sample'"),
         'lr_schedule': (lambda v: v in ('cosine', 'constant'), "'cosine' or 'constant'"),
         'precision': (lambda v: v in ('auto', 'fp32', 'bf16'), "'auto', 'fp32' or 'bf16'"),
+        'compile': (lambda v: v in ('auto', 'true', 'false'), "'auto', 'true' or 'false'"),
     })
     for key, (ok, what) in rules.items():
         if key in params and not ok(params[key]):

@@ -143,6 +143,11 @@ def test_bench_prints_the_side_by_side_table(tmp_path):
     for name in {'2019-style', 'train.py (fp32)', 'train.py (bf16)', changed} & set(rows):
         assert float(rows[name][-3]) > 0 and rows[name][-1].endswith('%')  # GFLOP/image, ..., share of peak
     assert re.search(r'generation: 64 samples \+ PNG \+ GIF in \d+\.\d\d s', out.stdout)
+    compiled = f"train.py ({'bf16' if native else 'fp32'}, compiled)"  # what a long train.py run uses
+    eager = 'train.py (bf16)' if native else 'train.py (fp32)'
+    assert float(rows[compiled][-3]) == pytest.approx(float(rows[eager][-3]))  # the same arithmetic, counted
+    assert re.search(r'compile time of the step: \d+ s cold \(empty caches\), \d+ s warm \(a second process\)',
+                     out.stdout)
 
 
 def test_checkpoint_from_before_the_canvas_bias_loads_resumes_and_draws(trained, tmp_path):

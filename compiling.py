@@ -1,0 +1,167 @@
+"""The compiled training step (train.py's params key compile = auto | true | false).
+
+torch.compile (inductor, dynamic=False) turns the objective's forward and backward, 25 glimpses
+unrolled, into one graph of fused kernels: on a CPU it removes most of the ~13,000 small operations
+an eager step dispatches; on a GPU its reduce-overhead mode also replays the step as a CUDA graph.
+Compiling costs minutes the first time and seconds once inductor's caches hold the graph, so auto
+compiles only where the planned steps win that time back. Where compiling cannot work (no C++
+compiler, no Triton, an inductor error) training goes on eager, with one line saying why.
+"""
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+import utils
+
+# What auto assumes before this machine has compiled the graph once (README, "Speed"): a compiled step
+# saves at least this share of an eager step's time (CPU: the least seen by bench.py on 2-core EPYC and
+# Xeon CPUs, 20-45%; CUDA: the launch-bound step replayed as a CUDA graph), and a first (cold) compile
+# of forward and backward costs about COLD_SECONDS + COLD_SECONDS_PER_GLIMPSE * T (the 2-core EPYC:
+# 56-65 s at T=4, 73-87 s at T=8, 204-216 s at T=25). Later runs use the compile time they measured.
+SAVED_SHARE = {'cpu': 0.2, 'cuda': 0.5}
+COLD_SECONDS, COLD_SECONDS_PER_GLIMPSE = 40.0, 7.0
+
+
+def unavailable(device):
+    """Why torch.compile cannot compile for device here, or None."""
+    if not torch._dynamo.is_dynamo_supported():
+        return 'torch.compile does not support this Python or platform'
+    if device.type == 'cpu':
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        try:
+            get_cpp_compiler()
+        except Exception:
+            return "no C++ compiler found (inductor needs g++ or clang++; install one or set CXX)"
+    elif device.type == 'cuda':
+        from torch.utils._triton import has_triton
+        if not has_triton():
+            return 'Triton is not installed (pip install triton)'
+    else:
+        return f'inductor does not compile for {device.type} here'
+    return None
+
+
+def cache_key(p, num_classes, device):
+    """What identifies a compiled graph in the record of compile times."""
+    keys = [f'{k}={p[k]}' for k in (*utils.MODEL_KEYS, 'batch_size', 'precision')]
+    return ' '.join([torch.__version__, device.type, f'classes={num_classes}', *keys])
+
+
+class Record:
+    """The seconds the last compile of each graph took on this machine, in cache_dir: what the next
+    start costs while inductor's caches (TORCHINDUCTOR_CACHE_DIR, by default in the temporary folder) last."""
+
+    def __init__(self, cache_dir):
+        self.path = Path(cache_dir).expanduser() / 'compile_seconds.json'
+        try:
+            self.seconds = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.seconds = {}
+
+    def get(self, key):
+        """The recorded seconds, or None where there are none or inductor's caches have been cleared."""
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+        found = self.seconds.get(key) if isinstance(self.seconds, dict) else None
+        cached = Path(os.environ.get('TORCHINDUCTOR_CACHE_DIR') or default_cache_dir()).is_dir()
+        return found if isinstance(found, (int, float)) and cached else None
+
+    def put(self, key, seconds, log):
+        self.seconds = {**(self.seconds if isinstance(self.seconds, dict) else {}), key: round(seconds, 1)}
+        try:
+            utils.write_atomic(self.path, json.dumps(self.seconds, indent=1).encode())
+        except utils.WriteError as e:
+            log(f"warning: {e} The compile time is not recorded.")
+
+
+def decide(setting, device, steps, step_seconds, T, recorded):
+    """(compile?, why) for compile=setting on device: auto compiles when steps eager steps of
+    step_seconds each would lose more time than compiling costs (recorded seconds, or the cold estimate)."""
+    if setting == 'false':
+        return False, 'compile=false'
+    reason = unavailable(device)
+    if reason:
+        return False, f'compile={setting}, but {reason}'
+    if setting == 'true':
+        return True, 'compile=true'
+    cost = recorded if recorded is not None else COLD_SECONDS + COLD_SECONDS_PER_GLIMPSE * T
+    saved = steps * step_seconds * SAVED_SHARE.get(device.type, 0)
+    basis = (f"{steps:,} steps of {step_seconds:.2f} s eager: compiling would save about {saved:.0f} s "
+             f"and cost about {cost:.0f} s ({'as last time' if recorded is not None else 'a first compile'})")
+    return saved > cost, f'compile=auto, {basis}'
+
+
+def eager_step_seconds(objective, x, y, precision, repeats=2):
+    """The time of one eager forward and backward pass of objective on (x, y), median of repeats
+    after one untimed: a measurement that leaves the random generators and the gradients as they were."""
+    times = []
+    with untouched(objective, x.device), autocast(x.device, precision):
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            objective(x, y)[0].backward()
+            if x.device.type == 'cuda':
+                torch.cuda.synchronize(x.device)
+            times.append(time.perf_counter() - start)
+    return sorted(times[1:])[len(times[1:]) // 2]
+
+
+@contextmanager
+def untouched(objective, device):
+    """A block whose passes through objective leave the random generators and the gradients as they were."""
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
+            yield
+    finally:
+        for w in objective.parameters():
+            w.grad = None
+
+
+def autocast(device, precision):
+    """The autocast train.py's step runs under: bf16 products where precision is bf16."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == 'bf16')
+
+
+class Switch(nn.Module):
+    """objective compiled for batches of batch_size (dynamic=False: one graph, no recompiles); other
+    batches (an epoch's last, smaller one) run eager on the same weights."""
+
+    def __init__(self, objective, batch_size, device):
+        super().__init__()
+        self.eager, self.batch_size = objective, batch_size
+        self.cuda_graphs = device.type == 'cuda'
+        torch._inductor.config.fallback_random = True  # the noise eager draws, from the same generator
+        self.compiled = torch.compile(objective, dynamic=False,
+                                      mode='reduce-overhead' if self.cuda_graphs else None)
+
+    def forward(self, x, y, kl_weight=1.0, free_bits=0.0):
+        if len(x) != self.batch_size:
+            return self.eager(x, y, kl_weight, free_bits)
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs may be overwritten
+        trained, loss = self.compiled(x, y, torch.as_tensor(kl_weight, device=x.device), free_bits)
+        return trained, loss.clone()  # kept past the next step, which reuses a CUDA graph's outputs
+
+
+def compile_objective(objective, x, y, free_bits, precision, log, record=None, key=None):
+    """A Switch around objective, its graph compiled now by one forward and backward pass on the
+    batch (x, y) (random generators and gradients left as they were) and the time put in record
+    under key (a Record, or None); or
+    objective itself, with one line saying why, where compiling fails."""
+    switch = Switch(objective, len(x), x.device)
+    start = time.perf_counter()
+    try:
+        with untouched(objective, x.device), autocast(x.device, precision):
+            switch(x, y, 1.0, free_bits)[0].backward()
+    except Exception as e:  # a compiler missing or failing: whatever it raised, eager still trains
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
+        log(f"compile: failed ({type(e).__name__}: {first}); training eager.")
+        return objective
+    seconds = time.perf_counter() - start
+    if record:
+        record.put(key, seconds, log)
+    log(f"compile: the training step compiled in {seconds:.0f} s.")
+    return switch

@@ -1,0 +1,110 @@
+"""The compiled training step (compile=true): the same steps as eager within rounding, exact resume,
+checkpoints of the plain module, eager training where compiling fails, and auto's decision."""
+import copy
+
+import pytest
+import torch
+
+import compiling
+import train
+from distributed import Objective
+from draw_model import DRAWModel
+from test_reliability import assert_same_training, load, train_in
+
+P = {**train.params, 'T': 2, 'A': 12, 'B': 12, 'z_size': 4, 'read_N': 2, 'write_N': 3, 'enc_size': 16,
+     'dec_size': 16, 'kl_warmup': 3, 'free_bits': 0.25}
+
+
+@pytest.fixture(autouse=True)
+def shared_inductor_cache(tmp_path_factory, monkeypatch):
+    """One inductor cache for the whole suite: a graph is compiled cold once, then loaded."""
+    monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', str(tmp_path_factory.getbasetemp() / 'inductor'))
+
+
+def batches(n=4):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.rand(8, 1, 12, 12, generator=g) > 0.6).float() for _ in range(n)]
+
+
+@pytest.mark.parametrize('precision, rtol', [('fp32', 1e-4), ('bf16', 2e-2)])
+def test_compiled_steps_follow_eager_steps_within_rounding(precision, rtol):
+    """Four steps (KL warm-up, free bits, fused Adam, clipping) through the compiled objective and
+    through the eager one, from the same weights and noise: the same losses and weights within the
+    precision's rounding, and the reported loss is the ELBO."""
+    p = {**P, 'precision': precision}
+    torch.manual_seed(0)
+    model = DRAWModel(p)
+    twin = copy.deepcopy(model)
+    runs = []
+    for m, compiled in ((model, True), (twin, False)):
+        optimizer = torch.optim.Adam(m.parameters(), lr=1e-2, betas=(0.5, 0.999), fused=True)
+        objective = Objective(m)
+        if compiled:
+            objective = compiling.compile_objective(objective, batches(1)[0], None, p['free_bits'], precision, print)
+            assert isinstance(objective, compiling.Switch)
+        losses = []
+        for step, x in enumerate(batches()):
+            torch.manual_seed(step)
+            losses.append(train.train_step(objective, optimizer, x, None, p, step)[0].item())
+        runs.append(losses)
+    assert runs[0] == pytest.approx(runs[1], rel=rtol)
+    for (name, w), w_eager in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(w, w_eager, rtol=rtol, atol=rtol * 1e-1, msg=name)
+    torch.manual_seed(9)
+    with torch.no_grad():
+        assert model.loss(batches(1)[0])[0].item() == pytest.approx(runs[0][-1], rel=0.2)  # the ELBO's scale
+
+
+def test_a_compiled_run_resumed_compiled_ends_where_the_uninterrupted_run_ends(tmp_path):
+    """Checkpoints hold the plain module's keys (no _orig_mod.), and resume is exact, compiled."""
+    from conftest import write_tiny_csv
+    work = write_tiny_csv(tmp_path)
+    straight = train_in(work, 'epoch_num=2', 'save_epoch=1', 'compile=true', out='straight')
+    resumed = train_in(work, 'epoch_num=2', 'compile=true', f'resume={straight / "model_epoch_1"}', out='resumed')
+    final = load(straight / 'model_final')
+    assert not [k for k in final['model'] if '_orig_mod' in k] and final['params']['compile'] == 'true'
+    assert_same_training(final, load(resumed / 'model_final'))
+
+
+def test_a_failing_compiler_leaves_one_line_and_eager_training(monkeypatch, tmp_path, capsys):
+    def broken(objective, **options):
+        def fail(*args):
+            raise RuntimeError('C++ compile error: inductor exploded\nmore detail')
+        return fail
+    monkeypatch.setattr(torch, 'compile', broken)
+    from conftest import write_tiny_csv
+    work = write_tiny_csv(tmp_path)
+    straight = train_in(work, 'epoch_num=1', 'compile=true', out='broken')
+    out = capsys.readouterr().out
+    assert 'compile: failed (RuntimeError: C++ compile error: inductor exploded); training eager.' in out
+    assert load(straight / 'model_final')['epoch'] == 1
+
+
+def test_without_a_cpp_compiler_training_says_so_and_runs_eager(monkeypatch):
+    monkeypatch.setattr(compiling, 'unavailable', lambda device: 'no C++ compiler found (...)')
+    cpu = torch.device('cpu')
+    for setting in ('auto', 'true'):
+        chosen, why = compiling.decide(setting, cpu, 10 ** 6, 1.0, 25, None)
+        assert not chosen and why == f'compile={setting}, but no C++ compiler found (...)'
+
+
+def test_auto_compiles_where_the_steps_left_win_back_the_compile_time(monkeypatch):
+    monkeypatch.setattr(compiling, 'unavailable', lambda device: None)
+    cpu, share = torch.device('cpu'), compiling.SAVED_SHARE['cpu']
+    cold = compiling.COLD_SECONDS + compiling.COLD_SECONDS_PER_GLIMPSE * 25
+    steps = int(cold / (0.3 * share))  # eager steps of 0.3 s that save about the cold compile's time
+    assert not compiling.decide('auto', cpu, steps - 10, 0.3, 25, None)[0]
+    chosen, why = compiling.decide('auto', cpu, steps + 10, 0.3, 25, None)
+    assert chosen and f'{steps + 10:,} steps of 0.30 s eager' in why and 'a first compile' in why
+    chosen, why = compiling.decide('auto', cpu, 100, 0.3, 25, 5.0)  # a warm cache: 5 s measured last time
+    assert chosen and 'cost about 5 s (as last time)' in why
+    assert compiling.decide('false', cpu, 10 ** 6, 1.0, 25, None) == (False, 'compile=false')
+    assert compiling.decide('true', cpu, 1, 1.0, 25, None) == (True, 'compile=true')
+
+
+def test_the_record_of_compile_times_survives_a_damaged_file(tmp_path):
+    (tmp_path / 'compile_seconds.json').write_text('{not json')
+    record = compiling.Record(tmp_path)
+    assert record.get('k') is None
+    record.put('k', 12.34, print)
+    assert compiling.Record(tmp_path).get('k') == 12.3
