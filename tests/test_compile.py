@@ -97,14 +97,16 @@ def test_auto_compiles_where_the_steps_left_win_back_the_compile_time(monkeypatc
     chosen, why = compiling.decide('auto', cpu, steps + 10, 0.3, 25, None)
     assert chosen and f'{steps + 10:,} steps of 0.30 s eager' in why and 'a first compile' in why
     chosen, why = compiling.decide('auto', cpu, 100, 0.3, 25, 5.0)  # a warm cache: 5 s measured last time
-    assert chosen and 'cost about 5 s (as last time)' in why
+    assert chosen and 'cost about 5 s (as recorded here)' in why
     assert compiling.decide('false', cpu, 10 ** 6, 1.0, 25, None) == (False, 'compile=false')
     assert compiling.decide('true', cpu, 1, 1.0, 25, None) == (True, 'compile=true')
 
 
-def test_the_record_of_compile_times_survives_a_damaged_file(tmp_path):
+def test_the_record_expects_a_warm_start_after_a_cold_one_and_survives_a_damaged_file(tmp_path):
     (tmp_path / 'compile_seconds.json').write_text('{not json')
     record = compiling.Record(tmp_path)
     assert record.get('k') is None
-    record.put('k', 12.34, print)
-    assert compiling.Record(tmp_path).get('k') == 12.3
+    record.put('k', 200.0, False, print)  # a cold compile: the next start finds the graph in the caches
+    assert compiling.Record(tmp_path).get('k') == 200.0 * compiling.WARM_SHARE
+    record.put('k', 6.04, True, print)  # a warm one: what it took
+    assert compiling.Record(tmp_path).get('k') == 6.0
