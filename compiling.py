@@ -63,19 +63,20 @@ class Record:
         try:
             self.seconds = json.loads(self.path.read_text())
         except (OSError, ValueError):
-            self.seconds = {}
+            self.seconds = None
+        self.seconds = self.seconds if isinstance(self.seconds, dict) else {}  # a damaged file counts as none
 
     def get(self, key):
         """The recorded seconds, or None where there are none or inductor's caches have been cleared."""
         from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-        found = self.seconds.get(key) if isinstance(self.seconds, dict) else None
+        found = self.seconds.get(key)
         cached = Path(os.environ.get('TORCHINDUCTOR_CACHE_DIR') or default_cache_dir()).is_dir()
         return found if isinstance(found, (int, float)) and cached else None
 
     def put(self, key, seconds, cached, log):
         """Record a compile of seconds, which found its graph in inductor's caches (cached) or not."""
         expected = seconds if cached else seconds * WARM_SHARE
-        self.seconds = {**(self.seconds if isinstance(self.seconds, dict) else {}), key: round(expected, 1)}
+        self.seconds[key] = round(expected, 1)
         try:
             utils.write_atomic(self.path, json.dumps(self.seconds, indent=1).encode())
         except utils.WriteError as e:
@@ -103,7 +104,7 @@ def eager_step_seconds(objective, x, y, precision, repeats=2):
     """The time of one eager forward and backward pass of objective on (x, y), median of repeats
     after one untimed: a measurement that leaves the random generators and the gradients as they were."""
     times = []
-    with untouched(objective, x.device), autocast(x.device, precision):
+    with untouched(objective, x.device), utils.autocast(x.device, precision):
         for _ in range(repeats + 1):
             start = time.perf_counter()
             objective(x, y)[0].backward()
@@ -122,11 +123,6 @@ def untouched(objective, device):
     finally:
         for w in objective.parameters():
             w.grad = None
-
-
-def autocast(device, precision):
-    """The autocast train.py's step runs under: bf16 products where precision is bf16."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == 'bf16')
 
 
 def cache_hits():
@@ -164,7 +160,7 @@ def compile_objective(objective, x, y, free_bits, precision, log, record=None, k
     switch = Switch(objective, len(x), x.device)
     hits, start = cache_hits(), time.perf_counter()
     try:
-        with untouched(objective, x.device), autocast(x.device, precision):
+        with untouched(objective, x.device), utils.autocast(x.device, precision):
             switch(x, y, 1.0, free_bits)[0].backward()
     except Exception as e:  # a compiler missing or failing: whatever it raised, eager still trains
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''

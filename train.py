@@ -103,7 +103,7 @@ def train_step(objective, optimizer, x, y, p, step=0):
     free-bits objective the gradient came from) and whether it, the objective and the gradient norm
     are finite, device tensors. A non-finite step changes nothing: fused Adam skips it on the device
     (its found_inf, as under a GradScaler), moments and step count included."""
-    with compiling.autocast(x.device, p['precision']):
+    with utils.autocast(x.device, p['precision']):
         trained, loss = objective(x, y, kl_weight(p, step), p['free_bits'])
     optimizer.zero_grad(set_to_none=True)
     trained.backward()

@@ -177,6 +177,11 @@ def resolve_precision(name, device):
     return 'fp32', f"precision=auto, no native bf16 on {device}"
 
 
+def autocast(device, precision):
+    """The autocast a training step runs under: bf16 products where precision is bf16."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == 'bf16')
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
