@@ -19,8 +19,9 @@ import torch.nn as nn
 import utils
 
 # What auto assumes before this machine has compiled the graph once (README, "Speed"): a compiled step
-# saves at least this share of an eager step's time (CPU: the least seen by bench.py on 2-core EPYC and
-# Xeon CPUs, 20-45%; CUDA: the launch-bound step replayed as a CUDA graph), and a first (cold) compile
+# saves at least this share of an eager step's time (CPU: bench.py measured 29-32% on the 2-core EPYC,
+# issue 19 reports 43-45% on a 2-core Xeon; CUDA: the launch-bound step replayed as a CUDA graph,
+# not yet measured), and a first (cold) compile
 # of forward and backward costs about COLD_SECONDS + COLD_SECONDS_PER_GLIMPSE * T (the 2-core EPYC:
 # 56-65 s at T=4, 73-87 s at T=8, 204-216 s at T=25). Later runs use the compile time they measured.
 SAVED_SHARE = {'cpu': 0.2, 'cuda': 0.5}
