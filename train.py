@@ -2,16 +2,19 @@
 line for scripted runs:  python train.py epoch_num=1 batch_size=32 dataset=csv
 """
 import copy
+import io
 import math
 import re
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+import budget
 import classifier
 import compiling
 import distributed
@@ -45,6 +48,7 @@ params = {
     # optimisation
     'batch_size': 128,  # images per step
     'epoch_num': 50,  # passes over the training split
+    'minutes': 0.0,  # > 0: train this many minutes from the start (steps fitted to the measured speed; not epoch_num)
     'learning_rate': 2e-3,  # Adam step size (at the start, under lr_schedule)
     'lr_schedule': 'cosine',  # cosine: the step size falls along a half cosine to 0 at epoch_num | constant
     'beta1': 0.5,  # Adam beta1 (beta2 = 0.999)
@@ -77,8 +81,9 @@ def kl_weight(p, step):
 
 def learning_rate(p, step, total):
     """The step size of step (from 0) of a run of total steps: learning_rate along a half cosine from
-    step 0 to 0 at the end (Loshchilov and Hutter 2017, SGDR without restarts), or constant."""
-    if p['lr_schedule'] == 'constant':
+    step 0 to 0 at the end (Loshchilov and Hutter 2017, SGDR without restarts), or constant. Where total
+    is not yet known (a minutes=N run timing its first steps), the schedule's start, learning_rate."""
+    if p['lr_schedule'] == 'constant' or total is None:
         return p['learning_rate']
     return p['learning_rate'] * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
@@ -115,20 +120,30 @@ def train_step(objective, optimizer, x, y, p, step=0):
     return loss, ok
 
 
-def train_steps(objective, optimizer, train_x, train_y, p, state, bar, stop, averaged=None):
-    """The rest of the epoch: batches state['batch'] onward of this process's shard of
-    state['order'], until the epoch ends or a stop signal arrives; after every step the moving
-    average of the weights, averaged (a model, or None), follows them. Losses stay on the device and are
-    read every LOG_EVERY steps (or nonfinite_limit, if fewer), when the progress bar and the
-    non-finite count are brought up to date. Returns this call's losses and whether it stopped early."""
+def run_length(p, state, per_epoch):
+    """The number of steps in the whole run: epoch_num epochs, or what a minutes=N run fixed (None
+    while it times its first steps)."""
+    return state['total_steps'] or (None if p['minutes'] else p['epoch_num'] * per_epoch)
+
+
+def train_steps(objective, optimizer, train_x, train_y, p, state, bar, stop, averaged=None, until=None, left=None):
+    """The rest of the epoch: batches state['batch'] onward of this process's shard of state['order'],
+    until the epoch ends, the run's last step, batch until (when given) or a stop signal; after every
+    step the moving average of the weights, averaged (a model, or None), follows them. Losses stay on
+    the device and are read every LOG_EVERY steps (or nonfinite_limit, if fewer), when the progress bar
+    (with the seconds left(), when given) and the non-finite count are brought up to date. Returns this
+    call's losses and whether a stop signal ended it."""
     bs, losses, oks, mine = p['batch_size'], [], [], distributed.shard(state['order'])
     per_epoch = -(-len(mine) // bs)
-    first_step, total = state['epoch'] * per_epoch, p['epoch_num'] * per_epoch  # in the whole run
+    first_step, total = state['epoch'] * per_epoch, run_length(p, state, per_epoch)  # in the whole run
+    last = min(per_epoch, per_epoch if until is None else until, total - first_step if total else per_epoch)
     every = min(LOG_EVERY, p['nonfinite_limit'])  # a run of nonfinite_limit bad steps is seen within as many more
     in_a_row = torch.tensor(state['bad_in_a_row'], device=train_x.device)
-    longest = in_a_row.clone()
-    while state['batch'] * bs < len(mine) and not distributed.agree(stop.received, train_x.device,
-                                                                     now=len(losses) % every == 0):
+    longest, stopped = in_a_row.clone(), False
+    while state['batch'] < last:
+        if distributed.agree(stop.received, train_x.device, now=len(losses) % every == 0):
+            stopped = True
+            break
         batch = mine[state['batch'] * bs:(state['batch'] + 1) * bs]
         for group in optimizer.param_groups:
             group['lr'] = learning_rate(p, first_step + state['batch'], total)
@@ -142,9 +157,10 @@ def train_steps(objective, optimizer, train_x, train_y, p, state, bar, stop, ave
         oks.append(ok)
         state['batch'] += 1
         bar.update(1)
-        if len(losses) % every == 0 or state['batch'] * bs >= len(mine):
+        if len(losses) % every == 0 or state['batch'] >= last:
             recent = torch.stack(losses[-every:])[torch.stack(oks[-every:])]
-            bar.set_postfix(loss=f'{recent.mean().item():.1f}' if len(recent) else 'non-finite')
+            shown = {'left': budget.clock_time(left())} if left else {}
+            bar.set_postfix(loss=f'{recent.mean().item():.1f}' if len(recent) else 'non-finite', **shown)
             state['bad_in_a_row'] = int(in_a_row)
             if longest >= p['nonfinite_limit']:
                 state['skipped'] += int((~torch.stack(oks)).sum())
@@ -155,7 +171,7 @@ def train_steps(objective, optimizer, train_x, train_y, p, state, bar, stop, ave
     state['skipped'] += int((~oks).sum())
     losses = torch.stack(losses)[oks].tolist() if len(oks) else []
     state['losses'] += losses
-    return losses, state['batch'] * bs < len(mine)
+    return losses, stopped
 
 
 @torch.no_grad()
@@ -204,7 +220,10 @@ def configure(argv):
     if {'-h', '--help'} & set(argv):
         print(usage())
         sys.exit(0)
-    p = utils.apply_overrides(params, argv)
+    p, given = utils.apply_overrides(params, argv), {arg.partition('=')[0] for arg in argv}
+    if {'minutes', 'epoch_num'} <= given and p['minutes']:
+        raise utils.InputError(f"minutes={p['minutes']:g} and epoch_num={p['epoch_num']}: give one of them (minutes "
+                               f"fits the steps to a time, epoch_num counts passes over the data).")
     ckpt = None
     if p['resume']:
         ckpt = utils.read_checkpoint(p['resume'])
@@ -220,6 +239,15 @@ def configure(argv):
         if changed:
             raise utils.InputError(f"{p['resume']}: a resumed run keeps the model it saved; remove "
                                    f"{', '.join(changed)}.")
+        total = ckpt.get('total_steps')
+        if (total and {'minutes', 'epoch_num'} & given) or (p['minutes'] and not saved['minutes']):
+            raise utils.InputError(
+                f"{p['resume']}: a resumed run keeps its length: " + (
+                    f"the {total:,} steps that minutes={saved['minutes']:g} fixed; remove minutes= and epoch_num=."
+                    if total else f"epoch_num={saved['epoch_num']} (raise it to train on); remove minutes=."))
+        if total and ckpt.get('epoch', 0) >= p['epoch_num'] and not ckpt.get('batch'):
+            raise utils.InputError(f"{p['resume']}: finished the {total:,} steps that minutes={p['minutes']:g} "
+                                   f"fixed; nothing to do. To train longer, start a new run.")
         if ckpt.get('epoch', 0) >= p['epoch_num'] and not ckpt.get('batch'):
             raise utils.InputError(f"{p['resume']}: finished epoch {ckpt['epoch']} of epoch_num={p['epoch_num']}; "
                                    f"nothing to do. To train on, raise epoch_num, e.g. resume={p['resume']} "
@@ -229,7 +257,8 @@ def configure(argv):
 
 
 def fresh_state():
-    return {'epoch': 0, 'batch': 0, 'order': None, 'losses': [], 'test_bounds': [], 'skipped': 0, 'bad_in_a_row': 0}
+    return {'epoch': 0, 'batch': 0, 'order': None, 'losses': [], 'test_bounds': [], 'skipped': 0, 'bad_in_a_row': 0,
+            'total_steps': None}
 
 
 def restore(model, optimizer, ckpt, train_x, averaged=None):
@@ -247,7 +276,7 @@ def restore(model, optimizer, ckpt, train_x, averaged=None):
         if any(m is not None and m.shape != w.shape for m, w in zip(moments, model.parameters())):
             raise ValueError("its Adam moments' shapes are not its weights'")  # fused Adam would crash on them
         utils.set_rng_state(ckpt['rng'])
-        state = {k: ckpt[k] for k in fresh_state()}
+        state = {k: ckpt[k] if k != 'total_steps' else ckpt.get(k) for k in fresh_state()}  # older files: no total
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
         raise utils.InputError(f"resume: the checkpoint's training state is damaged or does not fit its params "
                                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}).") from None
@@ -259,28 +288,45 @@ def restore(model, optimizer, ckpt, train_x, averaged=None):
     return state
 
 
-def run_epochs(model, objective, optimizer, train, test, p, state, save, scorer=None, averaged=None):
-    """Epochs state['epoch'] + 1 .. epoch_num over train and test, (images, labels) each, training
-    model through objective (see step_objective); on SIGINT or SIGTERM, saves model_interrupted and
-    stops. The test bound, the GIFs and the scores are of the weights' moving average, averaged, when
-    there is one. Under torchrun only rank 0 evaluates and writes."""
+def run_epochs(model, objective, optimizer, train, test, p, state, save, scorer=None, averaged=None, plan=None):
+    """Epochs state['epoch'] + 1 onward over train and test, (images, labels) each, training model
+    through objective (see step_objective) for run_length steps in all (the last epoch may be partial);
+    a minutes=N run first fixes that length by its plan (a budget.Budget), see fix_length. On SIGINT or
+    SIGTERM, saves model_interrupted and stops. The test bound, the GIFs and the scores are of the
+    weights' moving average, averaged, when there is one. Under torchrun only rank 0 evaluates and writes."""
     train_x, main = train[0], distributed.rank() == 0
     shown = model if averaged is None else averaged
     image_dir, steps = Path(p['image_dir']), -(-(len(train_x) // distributed.world()) // p['batch_size'])
+
+    def epochs():  # in the whole run; None while a minutes=N run times its first steps
+        total = run_length(p, state, steps)
+        return total and -(-total // steps)
+    left = plan.left if plan and not state['total_steps'] else None  # a resumed run has no deadline
     with utils.StopSignals() as stop:
-        for epoch in range(state['epoch'] + 1, p['epoch_num'] + 1):
+        while epochs() is None or state['epoch'] < epochs():
+            epoch = state['epoch'] + 1
             if state['order'] is None:
                 state['order'] = distributed.same_everywhere(torch.randperm(len(train_x), device=train_x.device))
             start, first = time.perf_counter(), state['batch']
-            with tqdm(total=steps, initial=state['batch'], unit='batch', desc=f"epoch {epoch}/{p['epoch_num']}",
+            with tqdm(total=steps, initial=state['batch'], unit='batch', desc=f"epoch {epoch}/{epochs() or '?'}",
                       leave=False, disable=None if main else True) as bar:
                 model.train()
-                losses, stopped = train_steps(objective, optimizer, *train, p, state, bar, stop, averaged)
+                run = lambda until: train_steps(objective, optimizer, *train, p, state, bar, stop, averaged,
+                                                until, left)
+                losses, stopped = [], False
+                if epochs() is None:
+                    losses, stopped = fix_length(plan, run, model, shown, test, optimizer, p, state, steps)
+                    bar.set_description(f"epoch {epoch}/{epochs()}")
+                if not stopped:
+                    more, stopped = run(None)
+                    losses += more
             if stopped:
                 path = save('model_interrupted')
                 signum = stop.received or signal.SIGTERM  # under torchrun, another rank's signal
                 raise utils.Stopped(f"{signal.Signals(signum).name} at epoch {epoch}, step {state['batch']}: "
                                     f"saved {path}. Resume with: python train.py resume={path}", 128 + signum)
+            images = min(len(train_x), state['batch'] * p['batch_size'] * distributed.world()) - \
+                first * p['batch_size'] * distributed.world()
             state.update(epoch=epoch, batch=0, order=None)
             if not main:
                 continue
@@ -289,20 +335,62 @@ def run_epochs(model, objective, optimizer, train, test, p, state, save, scorer=
             state['test_bounds'].append(bound)
             seconds = time.perf_counter() - start
             skipped = f"  ({state['skipped']} non-finite steps skipped so far)" if state['skipped'] else ''
-            print(f"epoch {epoch}/{p['epoch_num']}  train loss {sum(losses) / max(1, len(losses)):.2f}  "
+            print(f"epoch {epoch}/{epochs()}  train loss {sum(losses) / max(1, len(losses)):.2f}  "
                   f"test bound {bound:.2f} nats (reconstruction {recon:.2f} + KL {kl:.2f})  {seconds:.1f} s "
-                  f"({(len(train_x) - min(len(train_x), first * p['batch_size'] * distributed.world())) / seconds:.0f} "
-                  f"img/s){skipped}")
+                  f"({images / seconds:.0f} img/s){f', {budget.clock_time(left())} left' if left else ''}{skipped}")
             utils.plot_losses(image_dir / 'Loss_Curve.png', state['losses'], steps, state['test_bounds'])
             if epoch % p['save_epoch'] == 0:
                 save(f'model_epoch_{epoch}')
-            if epoch % p['save_epoch'] == 0 or epoch == p['epoch_num']:
-                noise = torch.Generator(train_x.device).manual_seed(p['seed'])  # the same z each time
-                labels = torch.arange(64, device=train_x.device) % model.num_classes if p['conditional'] else None
-                canvases = shown.generate(64, labels, generator=noise)
-                utils.save_gif([utils.grid(c) for c in canvases], image_dir / f'draw_epoch_{epoch}.gif')
+            if epoch % p['save_epoch'] == 0 or epoch == epochs():
+                draw_gif(shown, p, train_x.device, image_dir / f'draw_epoch_{epoch}.gif')
                 if scorer:
                     print('\n'.join(scorer(shown)))
+
+
+def draw_gif(model, p, device, path):
+    """64 samples of model drawn glimpse by glimpse, as a GIF at path; the same z each time (the seed)."""
+    noise = torch.Generator(device).manual_seed(p['seed'])
+    labels = torch.arange(64, device=device) % model.num_classes if p['conditional'] else None
+    utils.save_gif([utils.grid(c) for c in model.generate(64, labels, generator=noise)], path)
+
+
+def fix_length(plan, run, model, shown, test, optimizer, p, state, per_epoch):
+    """Fixes state['total_steps'] of a minutes=N run, in its first epoch, by its plan (a budget.Budget):
+    times budget.TIMED_STEPS steps after budget.WARM_STEPS untimed (run(until) trains to batch until of
+    the epoch), then, on rank 0, which does them, a test batch, the loss plot, a GIF (written to a
+    temporary folder) and a checkpoint's bytes, leaving the random generators as they were. Says what it
+    fixed, and sets p['epoch_num'] to the epochs that spans; returns the steps' losses and whether a stop
+    signal came."""
+    available = per_epoch - state['batch']
+    warm, timed = min(budget.WARM_STEPS, available // 2), min(budget.TIMED_STEPS, available - available // 2)
+    losses, stopped = run(state['batch'] + warm)
+    if stopped:
+        return losses, True
+    started = budget.clock()
+    more, stopped = run(state['batch'] + timed)
+    if stopped:
+        return losses + more, True
+    step, (test_x, test_y), bs = (budget.clock() - started) / timed, test, p['batch_size']
+    epoch = save = 0.0
+    if distributed.rank() == 0:
+        with torch.random.fork_rng(devices=[test_x.device] if test_x.device.type == 'cuda' else []), \
+                tempfile.TemporaryDirectory() as folder:
+            shown.eval()
+            epoch = budget.timed(lambda: test_bound(shown, test_x[:2 * bs], test_y[:2 * bs], bs)) * \
+                len(test_x) / len(test_x[:2 * bs])
+            epoch += budget.timed(lambda: utils.plot_losses(Path(p['image_dir']) / 'Loss_Curve.png', state['losses'],
+                                                            per_epoch, state['test_bounds']))
+            save = budget.timed(lambda: draw_gif(shown, p, test_x.device, Path(folder) / 'timing.gif')) + \
+                budget.timed(lambda: torch.save({'model': shown.state_dict(), 'optim': optimizer.state_dict()},
+                                                io.BytesIO()))
+            model.train()
+    costs = budget.Costs(step, epoch, save)
+    total = plan.fit(state['batch'], costs, per_epoch, p['save_epoch'])
+    state['total_steps'] = int(distributed.same_everywhere(torch.tensor([total], device=test_x.device)).item())
+    plan.check(state['total_steps'], state['batch'], costs, per_epoch, p)
+    p['epoch_num'] = -(-state['total_steps'] // per_epoch)  # what the checkpoints' params say it spans
+    log(plan.describe(state['total_steps'], costs, per_epoch, p, bs * distributed.world()))
+    return losses + more, False
 
 
 def sample_scorer(data, train, test, p):
@@ -314,17 +402,18 @@ def sample_scorer(data, train, test, p):
 
 
 def main(argv=None):
+    start = budget.clock()
     p, ckpt = configure(sys.argv[1:] if argv is None else argv)
     for key in ('checkpoint_dir', 'image_dir'):  # proven writable now, not at the first save; ~ expanded
         p[key] = str(utils.writable_dir(p[key], key))
     device = distributed.start(p['device'])
     try:
-        train_on(p, ckpt, device)
+        train_on(p, ckpt, device, start)
     finally:
         distributed.stop()
 
 
-def train_on(p, ckpt, device):
+def train_on(p, ckpt, device, start):
     precision, why = utils.resolve_precision(p['precision'], device)
     utils.seed_everything(p['seed'])
     data, train, test = prepare_data(p, device)
@@ -345,28 +434,38 @@ def train_on(p, ckpt, device):
 
     resumed = f", resuming after epoch {state['epoch']} step {state['batch']}" if ckpt else ''
     processes = f" in each of {distributed.world()} processes" if distributed.world() > 1 else ''
+    length = (plural(p['epoch_num'], 'epoch') if not p['minutes'] else f"{p['minutes']:g} minutes" if not
+              state['total_steps'] else f"{plural(state['total_steps'], 'step')} (as minutes={p['minutes']:g} fixed)")
     log(f"Training on {device} in {precision} ({why}): {sum(w.numel() for w in model.parameters()):,} parameters, "
-        f"{plural(p['epoch_num'], 'epoch')} of {len(train[0])} images, batch {p['batch_size']}{processes}{resumed}.")
+        f"{length} of {len(train[0])} images, batch {p['batch_size']}{processes}{resumed}.")
     if distributed.world() > 1:
         torch.manual_seed(p['seed'] + distributed.rank())  # each process its own noise; the order is rank 0's
     p = {**p, 'precision': precision}
-    objective = step_objective(model, train, p, state, len(data.classes))
+    plan = budget.Budget(p['minutes'], start) if p['minutes'] else None
+    objective = step_objective(model, train, p, state, len(data.classes), plan)
     scorer = sample_scorer(data, train, test, p) if p['sample_scores'] and distributed.rank() == 0 else None
-    run_epochs(model, objective, optimizer, train, test, p, state, save, scorer, averaged)
+    run_epochs(model, objective, optimizer, train, test, p, state, save, scorer, averaged, plan)
     path = save('model_final')
-    log(f"Saved {path}. Draw with: python generate.py -load_path {path} -num_output 64")
+    log(f"Saved {path}, {budget.clock_time(budget.clock() - start)} after the start. "
+        f"Draw with: python generate.py -load_path {path} -num_output 64")
 
 
-def step_objective(model, train, p, state, num_classes):
+def step_objective(model, train, p, state, num_classes, plan=None):
     """What training steps through: model.objective, compiled when compile asks for it (auto: where the
-    steps left win back the compile time, from an eager step timed on the first batch), in DDP under torchrun."""
+    steps left win back the compile time, from an eager step timed on the first batch; in a minutes=N
+    run, the steps that its plan's time left would hold eager), in DDP under torchrun."""
     train_x, train_y = train
     objective = distributed.Objective(model)
     bs, shard = p['batch_size'], len(distributed.shard(torch.arange(len(train_x))))
-    steps = (p['epoch_num'] - state['epoch']) * (shard // bs) - min(state['batch'], shard // bs)  # of full batches
+    per_epoch, total = -(-shard // bs), run_length(p, state, -(-shard // bs))
+    # the steps left to compile: none where every batch is smaller than batch_size (those run eager)
+    steps = 0 if shard < bs else total - state['epoch'] * per_epoch - state['batch'] if total else None
     x, y = to_input(train_x[:bs], p['binarize'], p['channel']), train_y[:bs]
     key, record = compiling.cache_key(p, num_classes, train_x.device), compiling.Record(p['cache_dir'])
-    seconds = compiling.eager_step_seconds(objective, x, y, p['precision']) if p['compile'] == 'auto' and steps else 0
+    timing = p['compile'] == 'auto' and steps != 0
+    seconds = compiling.eager_step_seconds(objective, x, y, p['precision']) if timing else 0
+    if steps is None:  # a minutes=N run's, before it is fixed
+        steps = int(max(0.0, plan.left()) / seconds) if seconds else 1
     chosen, why = compiling.decide(p['compile'], train_x.device, steps, seconds, p['T'], record.get(key))
     chosen = bool(distributed.same_everywhere(torch.tensor([int(chosen)], device=train_x.device)).item()) and steps > 0
     log(f"{'Compiling' if chosen else 'Not compiling'} the training step ({why}).")

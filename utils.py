@@ -95,6 +95,7 @@ def check_params(params):
         'write_N': (lambda v: v >= 2 or not params['write_attn'], 'at least 2 with write attention'),
         'channel': (lambda v: v in (1, 3), '1 (grayscale) or 3 (RGB)'),
         'learning_rate': (lambda v: 0 < v < math.inf, 'a positive number'),
+        'minutes': (lambda v: 0 <= v < math.inf, 'a number of minutes, 0 or more (0: epoch_num sets the length)'),
         'beta1': (lambda v: 0 <= v < 1, 'in [0, 1)'),
         'clip': (lambda v: 0 < v <= math.inf, 'positive (inf turns clipping off)'),
         'free_bits': (lambda v: 0 <= v < math.inf, 'a number of nats, 0 or more'),

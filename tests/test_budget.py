@@ -1,0 +1,108 @@
+"""minutes=N: the steps fitted to a measured speed, on an injected clock; the schedule over them; resume."""
+import math
+import os
+import random
+import signal
+
+import pytest
+
+import budget
+import train
+import utils
+from conftest import write_tiny_csv
+from test_reliability import assert_same_training, load, train_in
+
+# the tiny CSV: 34 train images, batch 8: 5 steps an epoch, the first epoch's 2 untimed and 3 timed
+BUDGETED = ['kl_warmup=5', 'save_epoch=10']
+STEP, TEST, GIF = 1.0, 0.5, 2.0  # seconds on the injected clock: a training step, a test bound, a GIF
+
+
+@pytest.fixture
+def clock(tmp_path, monkeypatch):
+    """An injected clock that only training steps (STEP), test bounds (TEST) and GIFs (GIF) move; the
+    tiny CSV in tmp_path. Yields the clock's reading, a one-item list."""
+    write_tiny_csv(tmp_path)
+    now = [0.0]
+    monkeypatch.setattr(budget, 'clock', lambda: now[0])
+
+    def costing(seconds, work):
+        def run(*args, **kwargs):
+            now[0] += seconds
+            return work(*args, **kwargs)
+        return run
+    for name, seconds in (('train_step', STEP), ('test_bound', TEST), ('draw_gif', GIF)):
+        monkeypatch.setattr(train, name, costing(seconds, getattr(train, name)))
+    yield now
+
+
+def test_fit_takes_the_most_steps_whose_rest_ends_by_the_deadline(monkeypatch):
+    """Bisection against counting up, over random costs: steps, a test and plot after every epoch (the
+    last partial one too), a checkpoint and GIF every save_epoch epochs and at the end."""
+    rng = random.Random(0)
+    monkeypatch.setattr(budget, 'clock', lambda: 100.0)
+    for _ in range(200):
+        costs = budget.Costs(rng.uniform(0.01, 2), rng.uniform(0, 20), rng.uniform(0, 30))
+        per_epoch, save_epoch, done = rng.randint(1, 50), rng.randint(1, 5), rng.randint(0, 30)
+        plan = budget.Budget(rng.uniform(0.1, 20), start=100.0 - rng.uniform(0, 60))
+        total = plan.fit(done, costs, per_epoch, save_epoch)
+        left = plan.left()
+        rest = lambda n: (n - done) * costs.step + math.ceil(n / per_epoch) * costs.epoch + \
+            (math.ceil(n / per_epoch) // save_epoch + 1) * costs.save
+        expected = done
+        while rest(expected + 1) <= left:
+            expected += 1
+        assert total == expected
+
+
+def test_the_run_fits_its_budget_and_the_rate_falls_to_zero_at_its_last_step(clock, tmp_path, capsys):
+    """minutes=0.5 (30 s) on the injected clock: 5 steps timed (5 s) and the timing's test and GIF (2.5 s)
+    leave 22.5 s, which hold 18 more steps (18 s), 5 epoch tests (2.5 s) and the final GIF (2 s): 23 steps,
+    4 epochs and 3 steps of a fifth. The run ends at the deadline, not after it."""
+    ckpt = load(train_in(tmp_path, 'minutes=0.5', *BUDGETED) / 'model_final')
+    out = capsys.readouterr().out
+    assert 'minutes=0.5: 23 steps, 4.6 epochs at 8 img/s' in out and ckpt['total_steps'] == 23
+    assert clock[0] == 30.0 and len(ckpt['losses']) == 23 and ckpt['epoch'] == 5 == ckpt['params']['epoch_num']
+    assert 'epoch 5/5' in out and '0:02 left' in out and 'epoch 6' not in out  # then the final GIF, 2 s
+    p = {**train.params, **ckpt['params']}
+    last = ckpt['optimizer']['param_groups'][0]['lr']
+    assert last == train.learning_rate(p, 22, 23) and 0 < last < 0.005 * p['learning_rate']
+    assert train.learning_rate(p, 23, 23) == 0  # where the half cosine ends: the end of the last step
+
+
+def test_a_resumed_budget_run_keeps_its_steps_and_ends_where_the_uninterrupted_one_ends(clock, tmp_path, monkeypatch):
+    straight = load(train_in(tmp_path, 'minutes=0.5', *BUDGETED, out='straight') / 'model_final')
+    clock[0], steps, step = 0.0, [0], train.train_step
+
+    def ctrl_c_at_step_12(*args, **kwargs):
+        steps[0] += 1
+        if steps[0] == 12:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(*args, **kwargs)
+    monkeypatch.setattr(train, 'train_step', ctrl_c_at_step_12)
+    with pytest.raises(utils.Stopped):
+        train_in(tmp_path, 'minutes=0.5', *BUDGETED, out='resumed')
+    interrupted = tmp_path / 'resumed' / 'checkpoint' / 'model_interrupted'
+    assert load(interrupted)['total_steps'] == 23
+    clock[0] = 1e6  # long past the first start's deadline: the steps are fixed, not the time
+    resumed = load(train_in(tmp_path, f'resume={interrupted}', out='resumed') / 'model_final')
+    assert resumed['total_steps'] == 23
+    assert_same_training(straight, resumed)
+    with pytest.raises(utils.InputError, match='finished the 23 steps that minutes=0.5 fixed'):
+        train_in(tmp_path, f'resume={tmp_path / "resumed" / "checkpoint" / "model_final"}', out='resumed')
+    with pytest.raises(utils.InputError, match='keeps its length: the 23 steps that minutes=0.5 fixed; remove'):
+        train_in(tmp_path, f'resume={interrupted}', 'minutes=5', out='resumed')
+
+
+def test_a_budget_too_short_is_refused_with_the_budget_that_would_do(clock, tmp_path):
+    """batch 4: 9 steps an epoch, 7 of them run before the decision (2 untimed, 5 timed; clock 9.5 s
+    with the timing's test and GIF). 6 s hold none of the epoch's rest."""
+    with pytest.raises(utils.InputError, match=r"minutes=0.1 is too short here: after 10 s of setting up, 7 steps "
+                                               r"of 1.00 s fit, fewer than one epoch \(9 steps\). Give minutes=1 or"):
+        train_in(tmp_path, 'minutes=0.1', 'batch_size=4', *BUDGETED)
+    with pytest.raises(utils.InputError, match=r"fewer than the KL's warm-up \(kl_warmup=250\)"):
+        train_in(tmp_path, 'minutes=0.5', 'save_epoch=10')
+    with pytest.raises(utils.InputError, match='minutes=0.5 and epoch_num=3: give one of them'):
+        train_in(tmp_path, 'minutes=0.5', 'epoch_num=3')
+    epochs = train_in(tmp_path, 'epoch_num=1', out='epochs') / 'model_final'
+    with pytest.raises(utils.InputError, match=r'keeps its length: epoch_num=1 \(raise it to train on\); remove minutes='):
+        train_in(tmp_path, f'resume={epochs}', 'minutes=1', out='epochs')
