@@ -32,7 +32,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import compiling
 import distributed
+import figures
 import train
+import training
 import utils
 from draw_model import DRAWModel
 
@@ -91,7 +93,7 @@ def make_step(p, device, style):
         objective = compiling.compile_objective(objective, images, None, p['free_bits'], p['precision'], print)
         if not isinstance(objective, compiling.Switch):
             raise utils.InputError('the compiled step failed to compile (above); time it with compile=false.')
-    return lambda: train.train_step(objective, optimizer, images, None, p)
+    return lambda: training.train_step(objective, optimizer, images, None, p)
 
 
 def variants_planned(p, vs, device, precision, native, compiled):
@@ -151,8 +153,8 @@ def generation_seconds(p, device, repeats=3):
         for _ in range(repeats):
             start = time.perf_counter()
             canvases = model.generate(64)
-            utils.save_grid(canvases[-1], Path(folder) / 'grid.png')
-            utils.save_gif([utils.grid(c) for c in canvases], Path(folder) / 'draw.gif')
+            figures.save_grid(canvases[-1], Path(folder) / 'grid.png')
+            figures.save_gif([figures.grid(c) for c in canvases], Path(folder) / 'draw.gif')
             times.append(time.perf_counter() - start)
     return statistics.median(times)
 

@@ -15,7 +15,7 @@ import utils
 from dataloader import plural
 
 clock = time.perf_counter  # what budgets are timed by (tests put a clock of their own here)
-WARM_STEPS, TIMED_STEPS = 2, 20  # of the first epoch: steps run untimed, then steps timed
+WARM_STEPS, TIMED_STEPS = 2, 50  # of the first epoch: steps run untimed, then steps timed
 
 
 class Costs(NamedTuple):
@@ -77,12 +77,12 @@ class Budget:
             enough = math.ceil((self.spent() + self.rest(need, done, costs, per_epoch, p['save_epoch'])) / 60)
             raise utils.InputError(
                 f"minutes={p['minutes']:g} is too short here: after {self.spent():.0f} s of setting up, "
-                f"{plural(total, 'step')} of {costs.step:.2f} s fit, fewer than {what} ({plural(need, 'step')}). "
+                f"{plural(total, 'step')} of {costs.step:.2f} s fit, fewer than {what} ({need:,} steps). "
                 f"Give minutes={enough} or more.")
 
     def describe(self, total, costs, per_epoch, p, batch_images):
         """The start-up line: what the budget decided, and from what."""
-        return (f"minutes={p['minutes']:g}: {plural(total, 'step')}, {total / per_epoch:.1f} epochs at "
+        return (f"minutes={p['minutes']:g}: {total:,} steps, {total / per_epoch:.1f} epochs at "
                 f"{batch_images / costs.step:.0f} img/s (measured: a step {costs.step:.3f} s, each epoch's test "
                 f"and plot {costs.epoch:.1f} s, each checkpoint and GIF {costs.save:.1f} s; "
                 f"{self.spent():.0f} s spent setting up), to end by {clock_time(60 * self.minutes)}.")

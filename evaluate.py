@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 import classifier
+import figures
 import train
 import utils
 from dataloader import every_image, listing, load_source, load_trained, model_inputs, of_classes, plural
@@ -178,7 +179,7 @@ def main(argv=None):
     found = bounds(model, x, y if model.num_classes else None, args.k)
     print('\n'.join(bound_lines(found, args.k, f"{args.load_path} on {where}", x)))
     path = out / 'kl_per_glimpse.png'
-    utils.plot_kl(path, found['kl_t'], f"{Path(args.load_path).name}: KL per glimpse, {found['kl']:.1f} nats in all")
+    figures.plot_kl(path, found['kl_t'], f"{Path(args.load_path).name}: KL per glimpse, {found['kl']:.1f} nats in all")
     print(f"  wrote {path}")
     if args.num_samples:
         print('\n'.join(sample_quality(model, params, ckpt.get('data'), own, source, (x, y), args, device)))

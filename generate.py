@@ -99,7 +99,7 @@ def frames_of(canvases, windows, x=None, ncol=None):
                                           figures.with_boxes(images, [(write, figures.WRITE)]))
         elif windows:
             images = figures.with_boxes(images, [(windows[t], figures.WRITE)])
-        frames.append(utils.grid(images, scale=1 if windows else 2, ncol=ncol))
+        frames.append(figures.grid(images, scale=1 if windows else 2, ncol=ncol))
     return frames
 
 
@@ -115,8 +115,8 @@ def main(argv=None):
     start = time.perf_counter()
     if args.reconstruct:
         x, canvases, windows = reconstruction(model, params, ckpt, args, torch.Generator().manual_seed(seed))
-        utils.save_png(utils.grid(figures.side_by_side(x, canvases[-1])), out / 'Reconstruction.png')
-        utils.save_gif(frames_of(canvases, windows, x), out / 'draw_reconstruct.gif')
+        figures.save_png(figures.grid(figures.side_by_side(x, canvases[-1])), out / 'Reconstruction.png')
+        figures.save_gif(frames_of(canvases, windows, x), out / 'draw_reconstruct.gif')
         names = ('Reconstruction.png', 'draw_reconstruct.gif')
     else:
         labels, rows = class_labels(args, model, classes, glyphs)
@@ -124,12 +124,12 @@ def main(argv=None):
         windows = [] if args.show_attention and model.write_attn else None
         canvases = model.generate(n, None if labels is None else labels.to(device), args.t,
                                   torch.Generator(device).manual_seed(seed), windows)  # (T, n, C, B, A)
-        png, frames = utils.grid(canvases[-1], ncol=args.per_class), frames_of(canvases, windows, ncol=args.per_class)
+        png, frames = figures.grid(canvases[-1], ncol=args.per_class), frames_of(canvases, windows, ncol=args.per_class)
         if rows:  # a label beside every row: its class
             png = figures.label_rows(png, rows, pad=2 * 2)
             frames = [figures.label_rows(f, rows, pad=2 * (1 if windows else 2)) for f in frames]
-        utils.save_png(png, out / 'Generated_Image.png')
-        utils.save_gif(frames, out / 'draw_generate.gif')
+        figures.save_png(png, out / 'Generated_Image.png')
+        figures.save_gif(frames, out / 'draw_generate.gif')
         names = ('Generated_Image.png', 'draw_generate.gif')
         if args.show_attention and not model.write_attn:
             print('-show_attention: this model writes without attention (write_attn=False); no windows to draw.')

@@ -8,6 +8,7 @@ import pytest
 
 import budget
 import train
+import training
 import utils
 from conftest import write_tiny_csv
 from test_reliability import assert_same_training, load, train_in
@@ -31,7 +32,7 @@ def clock(tmp_path, monkeypatch):
             return work(*args, **kwargs)
         return run
     for name, seconds in (('train_step', STEP), ('test_bound', TEST), ('draw_gif', GIF)):
-        monkeypatch.setattr(train, name, costing(seconds, getattr(train, name)))
+        monkeypatch.setattr(training, name, costing(seconds, getattr(training, name)))
     yield now
 
 
@@ -65,20 +66,20 @@ def test_the_run_fits_its_budget_and_the_rate_falls_to_zero_at_its_last_step(clo
     assert 'epoch 5/5' in out and '0:02 left' in out and 'epoch 6' not in out  # then the final GIF, 2 s
     p = {**train.params, **ckpt['params']}
     last = ckpt['optimizer']['param_groups'][0]['lr']
-    assert last == train.learning_rate(p, 22, 23) and 0 < last < 0.005 * p['learning_rate']
-    assert train.learning_rate(p, 23, 23) == 0  # where the half cosine ends: the end of the last step
+    assert last == training.learning_rate(p, 22, 23) and 0 < last < 0.005 * p['learning_rate']
+    assert training.learning_rate(p, 23, 23) == 0  # where the half cosine ends: the end of the last step
 
 
 def test_a_resumed_budget_run_keeps_its_steps_and_ends_where_the_uninterrupted_one_ends(clock, tmp_path, monkeypatch):
     straight = load(train_in(tmp_path, 'minutes=0.5', *BUDGETED, out='straight') / 'model_final')
-    clock[0], steps, step = 0.0, [0], train.train_step
+    clock[0], steps, step = 0.0, [0], training.train_step
 
     def ctrl_c_at_step_12(*args, **kwargs):
         steps[0] += 1
         if steps[0] == 12:
             os.kill(os.getpid(), signal.SIGINT)
         return step(*args, **kwargs)
-    monkeypatch.setattr(train, 'train_step', ctrl_c_at_step_12)
+    monkeypatch.setattr(training, 'train_step', ctrl_c_at_step_12)
     with pytest.raises(utils.Stopped):
         train_in(tmp_path, 'minutes=0.5', *BUDGETED, out='resumed')
     interrupted = tmp_path / 'resumed' / 'checkpoint' / 'model_interrupted'

@@ -7,6 +7,7 @@ import torch
 
 import compiling
 import train
+import training
 from distributed import Objective
 from draw_model import DRAWModel
 from test_reliability import assert_same_training, load, train_in
@@ -45,7 +46,7 @@ def test_compiled_steps_follow_eager_steps_within_rounding(precision, rtol):
         losses = []
         for step, x in enumerate(batches()):
             torch.manual_seed(step)
-            losses.append(train.train_step(objective, optimizer, x, None, p, step)[0].item())
+            losses.append(training.train_step(objective, optimizer, x, None, p, step)[0].item())
         runs.append(losses)
     assert runs[0] == pytest.approx(runs[1], rel=rtol)
     for (name, w), w_eager in zip(model.named_parameters(), twin.parameters()):

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 import dataloader
+import formats
 import train
 from conftest import csv_lines, shared
 from utils import InputError
@@ -290,7 +291,7 @@ def test_real_csv_and_cache(tmp_path, monkeypatch):
     assert (x[:, frame] < 32).float().mean() > 0.99
 
     with monkeypatch.context() as m:  # the second start decodes nothing: it reads the cache
-        m.setitem(dataloader.DECODERS, 'csv', lambda *args: pytest.fail('decoded again'))
+        m.setitem(formats.DECODERS, 'csv', lambda *args: pytest.fail('decoded again'))
         cached, log = load(tmp_path, data_path=str(path))
     assert torch.equal(cached.train_x, ds.train_x) and not any('unreadable cache' in m for m in log)
 
@@ -343,12 +344,12 @@ def test_class_absent_from_test_split(tmp_path, spec):
 # -- choosing the source ------------------------------------------------------------------------
 @pytest.mark.parametrize('make_dir', [True, False])
 def test_builtin_when_the_default_data_folder_is_absent_or_empty(tmp_path, monkeypatch, make_dir):
-    monkeypatch.setattr(dataloader, 'BUILTIN_PER_CLASS', (2, 1))
+    monkeypatch.setattr(formats, 'BUILTIN_PER_CLASS', (2, 1))
     monkeypatch.chdir(tmp_path)
     if make_dir:
         (tmp_path / 'data').mkdir()
-    ds, log = load(tmp_path, data_path=dataloader.DEFAULT_DATA_PATH)
-    assert dataloader.DEFAULT_DATA_PATH == train.params['data_path']
+    ds, log = load(tmp_path, data_path=formats.DEFAULT_DATA_PATH)
+    assert formats.DEFAULT_DATA_PATH == train.params['data_path']
     assert any('built-in' in m for m in log)
     assert (len(ds.train_x), len(ds.test_x), len(ds.classes)) == (92, 46, 46)
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import classifier
-import dataloader
+import formats
 import evaluate
 import train
 from conftest import TINY, csv_lines, heads, run, shared, write_tiny_csv
@@ -148,8 +148,8 @@ def test_blobs_blurs_and_noise_are_not_recognisable_but_real_characters_are(hand
         assert share < 0.05, f'{name}: {100 * share:.1f}% recognisable'
 
 
-def test_evaluate_prints_every_number_and_the_kl_plot(trained):
-    work, _ = trained
+def test_evaluate_prints_every_number_and_the_kl_plot_and_compare_plots_it(trained):
+    work, train_out = trained
     out = run('evaluate.py', '-load_path', 'checkpoint/model_final', '-k', '4', '-num_samples', '6', cwd=work)
     assert out.returncode == 0, out.stderr
     elbo, recon, kl = map(float, re.search(r'negative ELBO\s+(\S+) nats per image \(reconstruction (\S+) \+ KL (\S+)\)',
@@ -161,6 +161,18 @@ def test_evaluate_prints_every_number_and_the_kl_plot(trained):
     assert len(re.search(r'KL per glimpse\s+(.*)', out.stdout).group(1).split()) == 3
     assert (work / 'images' / 'kl_per_glimpse.png').is_file()
     assert 'Classifier: trained' in out.stdout and 'recognisable' in out.stdout and 'Frechet' in out.stdout
+    share = float(re.search(r'recognisable \(p >= 0.9\)\s+(\S+)%', out.stdout).group(1))
+    minutes, seconds = map(int, re.search(r'Saved \S+, (\d+):(\d\d) after the start', train_out).groups())
+    (work / 'run').mkdir(exist_ok=True)
+    (work / 'run' / 'train.log').write_text(train_out)
+    (work / 'run' / 'eval.log').write_text(out.stdout)
+    plotted = run('compare.py', '-scores', 'tiny=run,run', '-out', 'scores.png', cwd=work)
+    assert plotted.returncode == 0 and (work / 'scores.png').is_file(), plotted.stderr
+    assert f"tiny: {share:.1f}% at {minutes + seconds / 60:.1f} min, {share:.1f}%" in plotted.stdout
+    plotted = run('compare.py', 'tiny=run/train.log', '-out', 'bounds.png', cwd=work)
+    assert plotted.returncode == 0 and 'tiny: ' in plotted.stdout and '(2 epochs)' in plotted.stdout
+    missing = run('compare.py', '-scores', 'tiny=run,checkpoint', cwd=work)
+    assert missing.returncode != 0 and 'checkpoint/train.log: cannot read it' in missing.stderr
 
 
 def test_evaluate_scores_every_image_of_a_held_out_file_with_the_models_own_classifier(trained, tmp_path):
@@ -236,7 +248,7 @@ def test_without_data_the_checkpoint_is_scored_on_the_data_it_learned(trained, t
 
 
 def test_a_builtin_model_is_not_scored_on_a_csv_put_in_data_later(tmp_path, monkeypatch):
-    monkeypatch.setattr(dataloader, 'BUILTIN_PER_CLASS', (2, 1))
+    monkeypatch.setattr(formats, 'BUILTIN_PER_CLASS', (2, 1))
     monkeypatch.chdir(tmp_path)
     train.main([*TINY, 'epoch_num=1', 'cache_dir=cache'])  # data/ absent: the built-in set
     write_tiny_csv(tmp_path)  # the user adds data.csv afterwards

@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
-import dataloader
+import formats
 import generate
 import train
 import utils
@@ -77,7 +77,7 @@ def test_csv_reads_right_or_says_why(tmp_path_factory, raw):
     folder = tmp_path_factory.mktemp('csv')
     (folder / 'data.csv').write_bytes(raw)
     try:
-        x, y, _, _, classes = dataloader.decode_csv(folder / 'data.csv', 4, 4, log=lambda m: None)
+        x, y, _, _, classes = formats.decode_csv(folder / 'data.csv', 4, 4, log=lambda m: None)
     except utils.InputError as e:
         assert 'data.csv' in str(e)
         return
@@ -99,7 +99,7 @@ def test_image_folders_skip_or_refuse_broken_files(tmp_path_factory, blobs, good
         (root / 'ka' / f'bad{i}.png').write_bytes(blob)
     messages = []
     try:
-        x, y, _ = dataloader.decode_class_folders(root, 8, 8, messages.append)
+        x, y, _ = formats.decode_class_folders(root, 8, 8, messages.append)
     except utils.InputError as e:
         assert good == 0 and 'no readable images' in str(e)
         return

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import dataloader
+import figures
 import train
 import utils
 from conftest import ROOT, write_tiny_csv
@@ -199,9 +200,9 @@ def fail_writes(monkeypatch, code, name=''):
 
 @pytest.mark.parametrize('write', [
     lambda path: utils.atomic_save({'x': torch.zeros(1000)}, path),
-    lambda path: utils.save_grid(torch.rand(4, 1, 8, 8), path),
-    lambda path: utils.save_gif([utils.grid(c) for c in torch.rand(3, 4, 1, 8, 8)], path),
-    lambda path: utils.plot_losses(path, [3.0, 2.0, 1.0], 3, [1.5]),
+    lambda path: figures.save_grid(torch.rand(4, 1, 8, 8), path),
+    lambda path: figures.save_gif([figures.grid(c) for c in torch.rand(3, 4, 1, 8, 8)], path),
+    lambda path: figures.plot_losses(path, [3.0, 2.0, 1.0], 3, [1.5]),
 ])
 @pytest.mark.parametrize('code, cause', [(errno.ENOSPC, 'No space left on device; free some space and run again'),
                                          (errno.EACCES, 'Permission denied'), (errno.EROFS, 'Read-only file system')])
@@ -223,7 +224,7 @@ def test_a_failed_write_names_the_file_and_keeps_the_previous_one(tmp_path, monk
 
 def test_a_name_too_long_is_a_write_error(tmp_path):
     with pytest.raises(utils.WriteError, match='File name too long'):
-        utils.save_grid(torch.rand(1, 1, 4, 4), tmp_path / ('x' * 300 + '.png'))
+        figures.save_grid(torch.rand(1, 1, 4, 4), tmp_path / ('x' * 300 + '.png'))
     assert os.listdir(tmp_path) == []
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import train
+import training
 import utils
 from distributed import Objective
 from draw_model import DRAWModel
@@ -34,7 +35,7 @@ def test_step_matches_a_plain_eager_step():
     plain = torch.optim.Adam(reference.parameters(), lr=1e-3, betas=(0.5, 0.999), foreach=False)
     for i, x in enumerate(batches()):
         torch.manual_seed(i)
-        loss, ok = train.train_step(Objective(model), optimizer, x, None, P)
+        loss, ok = training.train_step(Objective(model), optimizer, x, None, P)
         torch.manual_seed(i)
         expected = reference.loss(x)[0]
         plain.zero_grad()
@@ -55,7 +56,7 @@ def test_kl_warm_up_and_free_bits_shape_the_gradient_but_the_reported_loss_is_th
     plain = torch.optim.Adam(reference.parameters(), lr=1e-3, betas=(0.5, 0.999), foreach=False)
     for step, x in enumerate(batches(5)):
         torch.manual_seed(step)
-        loss, ok = train.train_step(Objective(model), optimizer, x, None, p, step)
+        loss, ok = training.train_step(Objective(model), optimizer, x, None, p, step)
         torch.manual_seed(step)
         recon, kl, _ = reference.elbo_terms(x)
         kl_t, recon = kl.mean(1), recon.sum(1)
@@ -72,45 +73,45 @@ def test_kl_warm_up_and_free_bits_shape_the_gradient_but_the_reported_loss_is_th
 
 def test_the_kl_weight_ramps_linearly_and_then_holds():
     p = {**P, 'kl_warmup': 10}
-    assert [train.kl_weight(p, s) for s in (0, 3, 9, 10 ** 6)] == [0.1, 0.4, 1.0, 1.0]
-    assert train.kl_weight({**p, 'kl_warmup': 0}, 0) == 1.0
+    assert [training.kl_weight(p, s) for s in (0, 3, 9, 10 ** 6)] == [0.1, 0.4, 1.0, 1.0]
+    assert training.kl_weight({**p, 'kl_warmup': 0}, 0) == 1.0
 
 
 def test_the_cosine_schedule_falls_from_the_learning_rate_to_zero_at_the_last_epoch():
     p = {**P, 'learning_rate': 2e-3}
-    assert [train.learning_rate(p, s, 100) for s in (0, 50, 100, 150)] == pytest.approx([2e-3, 1e-3, 0, 0], abs=1e-12)
-    assert train.learning_rate(p, 25, 100) == pytest.approx(1e-3 * (1 + math.cos(math.pi / 4)))
-    assert {train.learning_rate({**p, 'lr_schedule': 'constant'}, s, 100) for s in (0, 99, 200)} == {2e-3}
+    assert [training.learning_rate(p, s, 100) for s in (0, 50, 100, 150)] == pytest.approx([2e-3, 1e-3, 0, 0], abs=1e-12)
+    assert training.learning_rate(p, 25, 100) == pytest.approx(1e-3 * (1 + math.cos(math.pi / 4)))
+    assert {training.learning_rate({**p, 'lr_schedule': 'constant'}, s, 100) for s in (0, 99, 200)} == {2e-3}
 
 
 def test_each_step_trains_at_the_schedules_rate(monkeypatch):
     """Two epochs of 3 steps: the Adam group's step size at each step is the schedule's."""
-    seen, step = [], train.train_step
+    seen, step = [], training.train_step
 
     def recording(objective, optimizer, *args):
         seen.append(optimizer.param_groups[0]['lr'])
         return step(objective, optimizer, *args)
-    monkeypatch.setattr(train, 'train_step', recording)
+    monkeypatch.setattr(training, 'train_step', recording)
     model, optimizer = setup()
     p, images = {**P, 'batch_size': 16, 'epoch_num': 2}, torch.zeros(48, 1, 12, 12, dtype=torch.uint8)
     bar = types.SimpleNamespace(update=lambda n: None, set_postfix=lambda **shown: None)
     stop = types.SimpleNamespace(received=None)
     for epoch in range(2):
-        state = {**train.fresh_state(), 'epoch': epoch, 'order': torch.randperm(48)}
-        train.train_steps(Objective(model), optimizer, images, torch.zeros(48, dtype=torch.long), p, state, bar, stop)
-    assert seen == pytest.approx([train.learning_rate(p, s, 6) for s in range(6)]) and seen[0] == p['learning_rate']
+        state = {**training.fresh_state(), 'epoch': epoch, 'order': torch.randperm(48)}
+        training.train_steps(Objective(model), optimizer, images, torch.zeros(48, dtype=torch.long), p, state, bar, stop)
+    assert seen == pytest.approx([training.learning_rate(p, s, 6) for s in range(6)]) and seen[0] == p['learning_rate']
 
 
 def test_the_moving_average_follows_the_weights_after_every_step(monkeypatch):
     """Over two epochs of 3 steps, averaged is decay_s * itself + (1 - decay_s) * the weights after
     step s, decay_s = min(ema, (1 + s) / (10 + s)), from the initial weights; training is untouched."""
-    after, step = [], train.train_step
+    after, step = [], training.train_step
 
     def recording(objective, *args):
         out = step(objective, *args)
         after.append([w.detach().clone() for w in objective.parameters()])
         return out
-    monkeypatch.setattr(train, 'train_step', recording)
+    monkeypatch.setattr(training, 'train_step', recording)
     model, optimizer = setup()
     averaged = copy.deepcopy(model).requires_grad_(False)
     expected = [w.detach().clone() for w in model.parameters()]
@@ -118,10 +119,10 @@ def test_the_moving_average_follows_the_weights_after_every_step(monkeypatch):
     images, bar = torch.randint(0, 256, (24, 1, 12, 12), generator=g, dtype=torch.uint8), types.SimpleNamespace(
         update=lambda n: None, set_postfix=lambda **shown: None)
     for epoch in range(2):
-        state = {**train.fresh_state(), 'epoch': epoch, 'order': torch.randperm(24)}
-        train.train_steps(Objective(model), optimizer, images, torch.zeros(24, dtype=torch.long), p, state, bar,
+        state = {**training.fresh_state(), 'epoch': epoch, 'order': torch.randperm(24)}
+        training.train_steps(Objective(model), optimizer, images, torch.zeros(24, dtype=torch.long), p, state, bar,
                           types.SimpleNamespace(received=None), averaged)
-    decays = [train.ema_decay(p, s) for s in range(6)]
+    decays = [training.ema_decay(p, s) for s in range(6)]
     assert decays == pytest.approx([0.1, 2 / 11, 0.25, 0.3, 0.3, 0.3])  # the rule, then ema
     for weights, decay in zip(after, decays):
         expected = [decay * e + (1 - decay) * w for e, w in zip(expected, weights)]
@@ -133,11 +134,11 @@ def test_the_moving_average_follows_the_weights_after_every_step(monkeypatch):
 
 def test_a_non_finite_step_changes_nothing_not_even_adams_state():
     model, optimizer = setup()
-    train.train_step(Objective(model), optimizer, batches(1)[0], None, P)
+    training.train_step(Objective(model), optimizer, batches(1)[0], None, P)
     weights, state = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
     x = batches(1)[0]
     x[0, 0, 0, 0] = float('nan')
-    loss, ok = train.train_step(Objective(model), optimizer, x, None, P)
+    loss, ok = training.train_step(Objective(model), optimizer, x, None, P)
     assert not ok and not torch.isfinite(loss)
     assert all(torch.equal(weights[k], w) for k, w in model.state_dict().items())
     after = optimizer.state_dict()['state']
