@@ -18,7 +18,7 @@ import torch.nn as nn
 
 import utils
 
-# What auto assumes before this machine has compiled the graph once (README, "Speed"): a compiled step
+# What auto assumes before this machine has compiled the graph once (docs/speed.md): a compiled step
 # saves at least this share of an eager step's time (CPU: bench.py measured 29-32% on the 2-core EPYC,
 # issue 19 reports 43-45% on a 2-core Xeon; CUDA: the launch-bound step replayed as a CUDA graph,
 # not yet measured), and a first (cold) compile

@@ -154,7 +154,7 @@ class DRAWModel(nn.Module):
         """c_0 := the logit of the data's per-pixel mean (C, B, A), so that the first glimpse starts
         from the average image: on black-background handwriting a grey c_0 costs ~700 nats that the
         writes must first cancel with large patches, which makes the loss stiff in the attention
-        parameters (README, "Training recipe")."""
+        parameters (docs/recipe.md)."""
         mean = mean.clamp(eps, 1 - eps)
         self.canvas_bias.copy_(torch.log(mean) - torch.log1p(-mean))
 

@@ -33,7 +33,7 @@ params = {
     'channel': 1,  # 1: grayscale; 3: RGB (the grey images repeated, as the 2019 implementation read them)
     'z_size': 100,  # dimension of the latent z_t drawn at each glimpse
     'read_N': 6,  # read glimpse is read_N x read_N Gaussian filters (eqs. 19-27)
-    'write_N': 10,  # write patch is write_N x write_N (eqs. 28-29); the 2019 code: 6 (README, "Training recipe")
+    'write_N': 10,  # write patch is write_N x write_N (eqs. 28-29); the 2019 code: 6 (docs/recipe.md)
     'enc_size': 400,  # encoder LSTM units
     'dec_size': 400,  # decoder LSTM units
     'read_attn': True,  # False: read the whole image and error image (Eq. 17)
