@@ -46,7 +46,7 @@ params = {
     'epoch_num': 50,  # passes over the training split
     'minutes': 0.0,  # > 0: train this many minutes from the start (steps fitted to the measured speed; not epoch_num)
     'learning_rate': 2e-3,  # Adam step size (at the start, under lr_schedule)
-    'lr_schedule': 'cosine',  # cosine: the step size falls along a half cosine to 0 at epoch_num | constant
+    'lr_schedule': 'cosine',  # cosine: the step size falls along a half cosine to 0 at the run's last step | constant
     'beta1': 0.5,  # Adam beta1 (beta2 = 0.999)
     'kl_warmup': 250,  # steps over which the KL's weight in the training objective rises linearly from 0 (0: none)
     'free_bits': 0.25,  # nats: each glimpse's batch-mean KL counts as at least this in the training objective
@@ -178,8 +178,10 @@ def train_on(p, ckpt, device, start):
 
     resumed = f", resuming after epoch {state['epoch']} step {state['batch']}" if ckpt else ''
     processes = f" in each of {distributed.world()} processes" if distributed.world() > 1 else ''
-    length = (plural(p['epoch_num'], 'epoch') if not p['minutes'] else f"{p['minutes']:g} minutes" if not
-              state['total_steps'] else f"{plural(state['total_steps'], 'step')} (as minutes={p['minutes']:g} fixed)")
+    length = plural(p['epoch_num'], 'epoch')
+    if p['minutes']:  # a resumed budget run keeps the steps it fixed
+        length = f"{state['total_steps']:,} steps (as minutes={p['minutes']:g} fixed)" if state['total_steps'] \
+            else f"{p['minutes']:g} minutes"
     log(f"Training on {device} in {precision} ({why}): {sum(w.numel() for w in model.parameters()):,} parameters, "
         f"{length} of {len(train[0])} images, batch {p['batch_size']}{processes}{resumed}.")
     if distributed.world() > 1:
@@ -201,7 +203,8 @@ def step_objective(model, train, p, state, num_classes, plan=None):
     train_x, train_y = train
     objective = distributed.Objective(model)
     bs, shard = p['batch_size'], len(distributed.shard(torch.arange(len(train_x))))
-    per_epoch, total = -(-shard // bs), run_length(p, state, -(-shard // bs))
+    per_epoch = -(-shard // bs)
+    total = run_length(p, state, per_epoch)
     # the steps left to compile: none where every batch is smaller than batch_size (those run eager)
     steps = 0 if shard < bs else total - state['epoch'] * per_epoch - state['batch'] if total else None
     x, y = to_input(train_x[:bs], p['binarize'], p['channel']), train_y[:bs]
