@@ -216,18 +216,20 @@ class DRAWModel(nn.Module):
         c, dec_state, heads = self.decode(w, z, label, c, dec_state)  # Eqs. 7-8
         return c, enc_state, dec_state, heads, mu, log_sigma, z
 
-    def forward(self, x, y=None, T=None, windows=None):
+    def forward(self, x, y=None, T=None, windows=None, noise=None):
         """Encode and redraw x (n, C, B, A) in [0, 1] (of classes y (n,) when conditional).
 
         Returns the canvas logits after every glimpse (T, n, C, B, A), and the posterior means, log
         standard deviations and samples z of every glimpse, (T, n, z_size) each. A list passed as
-        windows receives each glimpse's (read, write) boxes, for drawing them.
+        windows receives each glimpse's (read, write) boxes, for drawing them; noise (T, n, z_size),
+        Eq. 6's N(0, 1) draws, is fresh when None.
         """
         T = T or self.T
         w, label = self.weights(), self.one_hot(y)
         c, enc_state, dec_state = self.initial_state(x.size(0), x.device)
         heads = F.linear(dec_state[0], *w['heads'])  # the first read window, from h_dec_0 = 0
-        noise = torch.randn(T, x.size(0), self.z_size, device=x.device)  # Eq. 6's noise, every glimpse's
+        if noise is None:
+            noise = torch.randn(T, x.size(0), self.z_size, device=x.device)  # Eq. 6's noise, every glimpse's
         canvases, mus, log_sigmas, zs = [], [], [], []
         for t in range(T):
             previous = heads
@@ -241,11 +243,12 @@ class DRAWModel(nn.Module):
             zs.append(z)
         return torch.stack(canvases), torch.stack(mus), torch.stack(log_sigmas), torch.stack(zs)
 
-    def elbo_terms(self, x, y=None):
+    def elbo_terms(self, x, y=None, noise=None):
         """Per image, nats: the reconstruction -log D(x | c_T) of each channel, a Bernoulli with logits
         c_T summed over pixels (Eq. 9), (n, C); the KL(N(mu, sigma) || N(0, 1)) of every glimpse
-        (Eqs. 10-11), (T, n); and the posterior's (mu, log_sigma, z), (T, n, z_size) each."""
-        canvases, mu, log_sigma, z = self(x, y)
+        (Eqs. 10-11), (T, n); and the posterior's (mu, log_sigma, z), (T, n, z_size) each. noise: as
+        forward's."""
+        canvases, mu, log_sigma, z = self(x, y, noise=noise)
         recon = F.binary_cross_entropy_with_logits(canvases[-1], x, reduction='none').sum((2, 3))  # Eq. 9
         kl = 0.5 * (mu ** 2 + torch.exp(2 * log_sigma) - 2 * log_sigma - 1).sum(2)  # Eq. 11
         return recon, kl, (mu, log_sigma, z)
@@ -266,15 +269,17 @@ class DRAWModel(nn.Module):
         return recon + kl_weight * kl.clamp(min=free_bits).sum(), recon + kl.sum()
 
     @torch.no_grad()
-    def generate(self, n, y=None, T=None, generator=None, windows=None):
+    def generate(self, n, y=None, T=None, generator=None, windows=None, zs=None):
         """Draw n images from the prior (of classes y (n,) when conditional): every glimpse's canvas,
-        (T, n, C, B, A) in [0, 1]. A list passed as windows receives each glimpse's write box."""
+        (T, n, C, B, A) in [0, 1]. A list passed as windows receives each glimpse's write box. zs
+        (T, n, z_size), when given, are the z_t decoded instead of the prior's draws: e.g. the
+        posterior's of real images (forward), redrawn with other labels y."""
         device = self.pixels_a.device
         w, label = self.weights(), self.one_hot(y)
         c, _, dec_state = self.initial_state(n, device)
         canvases = []
-        for _ in range(T or self.T):
-            z = torch.randn(n, self.z_size, device=device, generator=generator)  # Eq. 13
+        for t in range(T or self.T):
+            z = torch.randn(n, self.z_size, device=device, generator=generator) if zs is None else zs[t]  # Eq. 13
             c, dec_state, heads = self.decode(w, z, label, c, dec_state)  # Eqs. 14-15
             if windows is not None:
                 windows.append(self.box(heads, 'write'))

@@ -155,6 +155,18 @@ def label_rows(picture, labels, pad):
     return np.concatenate((np.asarray(margin), picture), axis=1)
 
 
+def glyph_png(glyph, size=36):
+    """A PNG (bytes) of glyph in the project's font, black on transparent, size pixels tall: for pages
+    that cannot count on the reader's machine having a Devanagari font."""
+    font = label_font(size * 3 // 4)
+    left, top, right, bottom = font.getbbox(glyph, anchor='mm')
+    picture = Image.new('LA', (max(size, right - left + 4), size))
+    ImageDraw.Draw(picture).text((picture.width / 2, size / 2), glyph, fill=(0, 255), font=font, anchor='mm')
+    buffer = io.BytesIO()
+    picture.save(buffer, format='png')
+    return buffer.getvalue()
+
+
 def class_label(name, glyph):
     """A row label: the glyph and the class name ('क  character_01_ka'), or the name alone."""
     return f'{glyph}  {name}' if glyph else name

@@ -7,17 +7,24 @@ last part or glyph (-char ka, -char क, -label 0), or a grid with one labelled 
 (-per_class 8). -show_attention draws each glimpse's write window on the GIF's frames.
 -reconstruct redraws real test images instead (of -data PATH, or of the checkpoint's own data):
 Reconstruction.png and draw_reconstruct.gif, the image beside the canvas, with the read (green) and
-write (red) windows of every glimpse.
+write (red) windows of every glimpse. With -as ka,kha (conditional models) it also decodes each
+image's z_t as each named class (Transfer.png: the same hand, another character) and prints the
+share a classifier of the data recognises as the class asked.
+-html PATH writes one self-contained web page instead, that draws with this checkpoint in the browser
+and redraws handwriting drawn on it (webpage.py).
 """
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
+import classifier
 import figures
 import train
 import utils
-from dataloader import glyphs_of, load_data_for, load_trained, select_classes, to_input
+import webpage
+from dataloader import glyphs_of, load_data_for, load_trained, model_inputs, select_classes, to_input
 
 
 def parse_args(argv=None):
@@ -37,8 +44,15 @@ def parse_args(argv=None):
                        help='conditional models: K images of every class, one row each')
     which.add_argument(*utils.flag('reconstruct'), action='store_true',
                        help='redraw real test images instead of sampling')
+    which.add_argument(*utils.flag('html'), metavar='PATH',
+                       help='write a web page that draws with this checkpoint in the browser (e.g. draw.html)')
     parser.add_argument(*utils.flag('data'),
                         help='with -reconstruct: the data to redraw (default: the checkpoint\'s own)')
+    parser.add_argument('-as', '--as', dest='as_classes', metavar='NAMES',
+                        help='with -reconstruct, conditional models: redraw each image as these classes too, '
+                             'e.g. ka,kha or all')
+    parser.add_argument(*utils.flag('html_dtype'), choices=tuple(webpage.DTYPES), default='fp16',
+                        help="with -html: the weights' precision in the page (default fp16, half the size)")
     parser.add_argument(*utils.flag('show_attention'), action='store_true',
                         help='draw the write window of every glimpse')
     args = parser.parse_args(argv)
@@ -50,6 +64,8 @@ def parse_args(argv=None):
         parser.error(f'-seed must be an integer from 0 to 2**63 - 1, not {args.seed}')
     if args.data and not args.reconstruct:
         parser.error('-data names the images to redraw: use it with -reconstruct')
+    if args.as_classes and not args.reconstruct:
+        parser.error('-as redraws real images as other classes: use it with -reconstruct')
     return args
 
 
@@ -76,7 +92,8 @@ def class_labels(args, model, classes, glyphs):
 
 
 def reconstruction(model, params, ckpt, args, generator):
-    """Real test images, their redrawn canvases (T, n, C, B, A) and each glimpse's (read, write) boxes."""
+    """The data, real test images x and their labels y (None for an unconditional model), and the
+    redrawing: canvases (T, n, C, B, A), every glimpse's z_t (T, n, z_size) and (read, write) boxes."""
     data = load_data_for(params, ckpt.get('classes') or [], args.data) if args.data \
         else load_trained(params, ckpt.get('data'), args.load_path)
     pick = torch.randperm(len(data.test_x), generator=generator)[:args.num_output]
@@ -84,8 +101,46 @@ def reconstruction(model, params, ckpt, args, generator):
     y = data.test_y[pick].to(x.device) if model.num_classes else None
     windows = []
     with torch.no_grad():
-        logits = model(x, y, args.t, windows)[0]
-    return x, torch.sigmoid(logits), windows
+        logits, _, _, zs = model(x, y, args.t, windows)
+    return data, x, y, torch.sigmoid(logits), zs, windows
+
+
+def transfer(model, params, data, x, y, zs, targets):
+    """Each image's z_t decoded with each target class's label instead of its own: the final canvases,
+    and the share of them (those asked for another class than the image's own) that a
+    classifier of the data takes for the class asked."""
+    device = x.device
+    as_class = torch.stack([model.generate(len(x), torch.full_like(y, k), len(zs), zs=zs)[-1] for k in targets],
+                           dim=1)  # (n, k, C, B, A)
+    test = model_inputs(data.test_x, params).to(device), data.test_y.to(device)
+    clf, _ = classifier.of_data(data, (data.train_x.to(device), data.train_y.to(device)), test, params)
+    predicted = classifier.apply(clf, as_class.flatten(0, 1)).argmax(1).view(len(x), len(targets))
+    asked = torch.tensor(targets, device=device).expand(len(x), -1)
+    moved = asked != y[:, None]  # redrawn as another class than its own
+    return as_class, (predicted == asked)[moved].double().mean().item(), int(moved.sum())
+
+
+def as_classes(args, model, classes, glyphs):
+    """The indices of the classes -as names."""
+    if not model.num_classes:
+        raise utils.InputError(f"-as: {args.load_path} is an unconditional model (trained without "
+                               f"conditional=True); only a class-conditional model redraws an image as another class.")
+    return select_classes(args.as_classes, classes, glyphs, what='-as')
+
+
+def write_page(model, ckpt, args):
+    """-html: the web page that draws with this checkpoint (webpage.py)."""
+    path = Path(args.html).expanduser()
+    if path.is_dir():
+        raise utils.InputError(f"-html {path} is a folder; give the page's file name, e.g. {path / 'draw.html'}.")
+    utils.writable_dir(path.parent, '-html')
+    html = webpage.page_html(model, ckpt, args.load_path, args.html_dtype).encode()
+    try:
+        utils.write_atomic(path, html)
+    except utils.WriteError as e:
+        raise utils.InputError(str(e)) from None
+    print(f"Wrote {path} ({len(html) / 1e6:.1f} MB, the weights in {args.html_dtype}): open it in a browser; it "
+          f"needs no network.")
 
 
 def frames_of(canvases, windows, x=None, ncol=None):
@@ -107,17 +162,30 @@ def main(argv=None):
     args = parse_args(argv)
     device = utils.pick_device(args.device, '-device {}')
     model, params, ckpt = utils.load_model(args.load_path, device)
+    if args.html:
+        return write_page(model, ckpt, args)
     out = utils.writable_dir(args.out_dir, '-out_dir')  # before any work
     params = {**train.params, **params}  # 2019 checkpoints name no data settings: the defaults
     classes = ckpt.get('classes') or []
     glyphs = ckpt.get('glyphs') or glyphs_of(classes, params['dataset'])
+    targets = as_classes(args, model, classes, glyphs) if args.as_classes else None
     seed = torch.seed() % 2 ** 31 if args.seed is None else args.seed
     start = time.perf_counter()
     if args.reconstruct:
-        x, canvases, windows = reconstruction(model, params, ckpt, args, torch.Generator().manual_seed(seed))
+        data, x, y, canvases, zs, windows = reconstruction(model, params, ckpt, args,
+                                                           torch.Generator().manual_seed(seed))
         figures.save_png(figures.grid(figures.side_by_side(x, canvases[-1])), out / 'Reconstruction.png')
         figures.save_gif(frames_of(canvases, windows, x), out / 'draw_reconstruct.gif')
         names = ('Reconstruction.png', 'draw_reconstruct.gif')
+        if targets:
+            as_class, share, n = transfer(model, params, data, x, y, zs, targets)
+            rows = [figures.class_label(classes[k], glyphs[k]) for k in y.tolist()]
+            png = figures.grid(torch.cat((x[:, None], as_class), dim=1).flatten(0, 1), ncol=1 + len(targets))
+            figures.save_png(figures.label_rows(png, rows, pad=2 * 2), out / 'Transfer.png')
+            names += ('Transfer.png',)
+            print(f"Transfer.png: each row a real image, then it redrawn as "
+                  f"{', '.join(classes[k] for k in targets)}. Of the {n} redrawn as another class than their own, "
+                  f"{100 * share:.1f}% are recognised as the class asked (by a classifier of {data.name}).")
     else:
         labels, rows = class_labels(args, model, classes, glyphs)
         n = args.num_output if labels is None else len(labels)

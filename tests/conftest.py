@@ -43,6 +43,26 @@ def write_tiny_csv(folder):
     return folder
 
 
+def original_checkpoint(path):
+    """A file as the 2019 implementation wrote it: documented keys and shapes, a torch.device in
+    params, channel 3, the legacy (pre-zip) serialization."""
+    shapes = {'encoder.weight_ih': (1600, 616), 'encoder.weight_hh': (1600, 400), 'encoder.bias_ih': (1600,),
+              'encoder.bias_hh': (1600,), 'fc_mu.weight': (100, 400), 'fc_mu.bias': (100,),
+              'fc_sigma.weight': (100, 400), 'fc_sigma.bias': (100,), 'decoder.weight_ih': (1600, 100),
+              'decoder.weight_hh': (1600, 400), 'decoder.bias_ih': (1600,), 'decoder.bias_hh': (1600,),
+              'fc_write.weight': (108, 400), 'fc_write.bias': (108,), 'fc_attention.weight': (5, 400),
+              'fc_attention.bias': (5,)}
+    g = torch.Generator().manual_seed(0)
+    model = {k: 0.05 * torch.randn(s, generator=g) for k, s in shapes.items()}
+    params = {'T': 25, 'batch_size': 128, 'A': 32, 'B': 32, 'z_size': 100, 'read_N': 6, 'write_N': 6,
+              'dec_size': 400, 'enc_size': 400, 'epoch_num': 50, 'learning_rate': 1e-3, 'beta1': 0.5,
+              'clip': 5.0, 'save_epoch': 10, 'channel': 3, 'device': torch.device('cpu')}
+    optimizer = torch.optim.Adam([torch.zeros(1)]).state_dict()
+    torch.save({'model': model, 'optimizer': optimizer, 'params': params}, path,
+               _use_new_zipfile_serialization=False)
+    return model
+
+
 TINY = ['T=3', 'enc_size=16', 'dec_size=16', 'z_size=4', 'read_N=2', 'write_N=3', 'batch_size=16']
 
 

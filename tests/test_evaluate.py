@@ -15,10 +15,9 @@ import classifier
 import formats
 import evaluate
 import train
-from conftest import TINY, csv_lines, heads, run, shared, write_tiny_csv
+from conftest import TINY, csv_lines, heads, original_checkpoint, run, shared, write_tiny_csv
 from dataloader import load_data, model_inputs
 from draw_model import DRAWModel
-from test_scripts import original_checkpoint
 from train import params as DEFAULTS
 
 

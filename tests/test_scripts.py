@@ -9,7 +9,7 @@ import torch
 import generate
 import train
 import utils
-from conftest import ROOT, TINY, run
+from conftest import ROOT, TINY, original_checkpoint, run
 from draw_model import DRAWModel
 
 
@@ -77,26 +77,6 @@ def test_builtin_default_is_announced_and_trains(tmp_path):
     assert 'data/ does not exist: using the built-in Devanagari set' in out.stdout
     assert "put Kaggle's data.csv" in out.stdout
     assert '46 classes' in out.stdout and (tmp_path / 'checkpoint' / 'model_final').is_file()
-
-
-def original_checkpoint(path):
-    """A file as the 2019 implementation wrote it: documented keys and shapes, a torch.device in
-    params, channel 3, the legacy (pre-zip) serialization."""
-    shapes = {'encoder.weight_ih': (1600, 616), 'encoder.weight_hh': (1600, 400), 'encoder.bias_ih': (1600,),
-              'encoder.bias_hh': (1600,), 'fc_mu.weight': (100, 400), 'fc_mu.bias': (100,),
-              'fc_sigma.weight': (100, 400), 'fc_sigma.bias': (100,), 'decoder.weight_ih': (1600, 100),
-              'decoder.weight_hh': (1600, 400), 'decoder.bias_ih': (1600,), 'decoder.bias_hh': (1600,),
-              'fc_write.weight': (108, 400), 'fc_write.bias': (108,), 'fc_attention.weight': (5, 400),
-              'fc_attention.bias': (5,)}
-    g = torch.Generator().manual_seed(0)
-    model = {k: 0.05 * torch.randn(s, generator=g) for k, s in shapes.items()}
-    params = {'T': 25, 'batch_size': 128, 'A': 32, 'B': 32, 'z_size': 100, 'read_N': 6, 'write_N': 6,
-              'dec_size': 400, 'enc_size': 400, 'epoch_num': 50, 'learning_rate': 1e-3, 'beta1': 0.5,
-              'clip': 5.0, 'save_epoch': 10, 'channel': 3, 'device': torch.device('cpu')}
-    optimizer = torch.optim.Adam([torch.zeros(1)]).state_dict()
-    torch.save({'model': model, 'optimizer': optimizer, 'params': params}, path,
-               _use_new_zipfile_serialization=False)
-    return model
 
 
 def test_original_checkpoint_loads_and_generates(tmp_path):
@@ -180,7 +160,8 @@ def test_every_file_the_scripts_write_stays_out_of_git():
         pytest.skip('not a git checkout')
     written = ['images/Training_Data.png', 'images/Loss_Curve.png', 'images/draw_epoch_10.gif',
                'images/Generated_Image.png', 'images/draw_generate.gif', 'images/Reconstruction.png',
-               'images/draw_reconstruct.gif', 'images/kl_per_glimpse.png', 'checkpoint/model_final',
+               'images/draw_reconstruct.gif', 'images/kl_per_glimpse.png', 'images/Transfer.png', 'draw.html',
+               'checkpoint/model_final',
                'checkpoint/model_epoch_10', 'checkpoint/model_interrupted', 'data/.cache/csv-0123.pt', 'data/data.csv']
     out = subprocess.run(['git', 'check-ignore', '--no-index', *written], cwd=ROOT, capture_output=True, text=True)
     assert sorted(out.stdout.split()) == sorted(written)
