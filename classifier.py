@@ -127,6 +127,13 @@ def of_data(data, train, test, p, log=print):
     return model, accuracy
 
 
+def of_splits(data, p, device, log=print):
+    """of_data on data's own splits, on device: (classifier, its accuracy, the test split as model
+    inputs and labels)."""
+    test = model_inputs(data.test_x, p).to(device), data.test_y.to(device)
+    return (*of_data(data, (data.train_x.to(device), data.train_y.to(device)), test, p, log), test)
+
+
 def frechet_distance(f1, f2):
     """||m1 - m2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between Gaussians fitted to two feature sets
     (n, d). Tr (S1 S2)^(1/2) = sum of sqrt of the eigenvalues of S1^(1/2) S2 S1^(1/2), symmetric."""

@@ -101,6 +101,11 @@ def glyphs_of(classes, kind):
     return [known.get(canonical(c), '') if 'mnist' not in kind else '' for c in classes]
 
 
+def checkpoint_glyphs(ckpt):
+    """The glyph of each class a checkpoint names: as it records them, or from the names (older files)."""
+    return ckpt.get('glyphs') or glyphs_of(ckpt.get('classes') or [], ckpt['params'].get('dataset', ''))
+
+
 def select_classes(spec, classes, glyphs=(), what='classes'):
     """Indices of the classes named by spec: 'all', 'digits', or comma-separated names, each a class
     name (any case or zero padding), its last part ('ka') or its glyph ('क'); what names the setting

@@ -138,9 +138,7 @@ def sample_quality(model, params, record, own, source, file, args, device):
     held_out = bool(record) and source is not None  # the file's images: none of them trained the classifier
     try:
         data, lines = classifier_data(params, record, own, source, args.load_path)
-        test = model_inputs(data.test_x, params).to(device), data.test_y.to(device)
-        clf, accuracy = classifier.of_data(data, (data.train_x.to(device), data.train_y.to(device)), test, params,
-                                           log=lines.append)
+        clf, accuracy, test = classifier.of_splits(data, params, device, log=lines.append)
         x, y = file if held_out else test
         if len(x) < 4:  # half of them are scored beside as many samples, half are the Frechet distance's reference
             raise utils.InputError(f"only {plural(len(x), 'real image')} to score the samples against; the scores "

@@ -24,7 +24,7 @@ import figures
 import train
 import utils
 import webpage
-from dataloader import glyphs_of, load_data_for, load_trained, model_inputs, select_classes, to_input
+from dataloader import checkpoint_glyphs, load_data_for, load_trained, select_classes, to_input
 
 
 def parse_args(argv=None):
@@ -112,8 +112,7 @@ def transfer(model, params, data, x, y, zs, targets):
     device = x.device
     as_class = torch.stack([model.generate(len(x), torch.full_like(y, k), len(zs), zs=zs)[-1] for k in targets],
                            dim=1)  # (n, k, C, B, A)
-    test = model_inputs(data.test_x, params).to(device), data.test_y.to(device)
-    clf, _ = classifier.of_data(data, (data.train_x.to(device), data.train_y.to(device)), test, params)
+    clf = classifier.of_splits(data, params, device)[0]
     predicted = classifier.apply(clf, as_class.flatten(0, 1)).argmax(1).view(len(x), len(targets))
     asked = torch.tensor(targets, device=device).expand(len(x), -1)
     moved = asked != y[:, None]  # redrawn as another class than its own
@@ -167,7 +166,7 @@ def main(argv=None):
     out = utils.writable_dir(args.out_dir, '-out_dir')  # before any work
     params = {**train.params, **params}  # 2019 checkpoints name no data settings: the defaults
     classes = ckpt.get('classes') or []
-    glyphs = ckpt.get('glyphs') or glyphs_of(classes, params['dataset'])
+    glyphs = checkpoint_glyphs(ckpt)
     targets = as_classes(args, model, classes, glyphs) if args.as_classes else None
     seed = torch.seed() % 2 ** 31 if args.seed is None else args.seed
     start = time.perf_counter()

@@ -21,7 +21,7 @@ import torch
 
 import figures
 import utils
-from dataloader import glyphs_of
+from dataloader import checkpoint_glyphs
 
 WEB = Path(__file__).resolve().parent / 'web'
 DTYPES = {'fp16': torch.float16, 'fp32': torch.float32}
@@ -78,7 +78,7 @@ def page_html(model, ckpt, source, dtype='fp16'):
     about = {'title': title, 'dtype': dtype, 'weights': offset, 'epoch': ckpt.get('epoch'),
              'data': data_name(ckpt.get('data')), 'threshold': params.get('binarize') == 'threshold',
              'classes': (ckpt.get('classes') or [])[:model.num_classes]}
-    glyphs = (ckpt.get('glyphs') or glyphs_of(about['classes'], params.get('dataset', '')))[:model.num_classes]
+    glyphs = checkpoint_glyphs(ckpt)[:model.num_classes]
     about['glyphs'] = [f"data:image/png;base64,{base64.b64encode(figures.glyph_png(g)).decode('ascii')}" if g
                        else '' for g in glyphs]  # as pictures: the reader may have no Devanagari font
     model_json = json.dumps({'config': config, 'about': about, 'dtype': dtype, 'manifest': manifest,

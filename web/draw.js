@@ -66,8 +66,8 @@ const DRAW = (() => {
       this.writeSize = this.C * (this.write_attn ? this.write_N ** 2 : this.A * this.B);
       this.encoder = this.lstmWeights(w, 'encoder', 2 * this.readSize + this.dec_size + this.num_classes);
       this.decoder = this.lstmWeights(w, 'decoder', this.z_size + this.num_classes);
-      this.fcMu = [w['fc_mu.weight'], w['fc_mu.bias']];  // Eq. 1
-      this.fcSigma = [w['fc_sigma.weight'], w['fc_sigma.bias']];  // Eq. 2 (log sigma)
+      this.fcMu = [w['fc_mu.weight'], w['fc_mu.bias'], this.z_size];  // Eq. 1
+      this.fcSigma = [w['fc_sigma.weight'], w['fc_sigma.bias'], this.z_size];  // Eq. 2 (log sigma)
       // The decoder's outputs ("heads", as in draw_model.head_layers): the write w_t, then Eq. 21's
       // write window and read window (the 2019 layout: one window layer shared by both).
       const layers = this.original_layout ? ['fc_write', 'fc_attention']
@@ -154,7 +154,7 @@ const DRAW = (() => {
     filters(heads, start, N) {
       const p = this.windowParams(heads, start, N), offsets = this.offsets(N);
       return {Fx: this.filterbank(p.gx, p.sigma2, p.delta, offsets, this.pixelsA),
-              Fy: this.filterbank(p.gy, p.sigma2, p.delta, offsets, this.pixelsB), ...p, offsets};
+              Fy: this.filterbank(p.gy, p.sigma2, p.delta, offsets, this.pixelsB), gamma: p.gamma};
     }
 
     box(heads, name) {
@@ -202,8 +202,8 @@ const DRAW = (() => {
 
     write(heads) {
       // 1/gamma Fy^T w_t Fx (Eq. 29); w_t itself without attention (Eq. 18)
-      const plane = this.A * this.B, patch = new Float64Array(this.C * plane);
       if (!this.write_attn) return Float64Array.from(heads.subarray(0, this.writeSize));
+      const plane = this.A * this.B, patch = new Float64Array(this.C * plane);
       const N = this.write_N, {Fx, Fy, gamma} = this.filters(heads, this.writeStart, N);
       const tmp = new Float64Array(N * this.A);
       for (let ch = 0; ch < this.C; ch++) {
@@ -266,8 +266,8 @@ const DRAW = (() => {
         input.set(r);
         input.set(s.dec.h, r.length);
         s.enc = this.lstm(this.encoder, input, label, s.enc);  // Eq. 5
-        const mu = this.linear([...this.fcMu, this.z_size], s.enc.h);  // Eq. 1
-        const logSigma = this.linear([...this.fcSigma, this.z_size], s.enc.h);  // Eq. 2
+        const mu = this.linear(this.fcMu, s.enc.h);  // Eq. 1
+        const logSigma = this.linear(this.fcSigma, s.enc.h);  // Eq. 2
         const eps = noise ? noise[t] : gaussian(this.z_size);
         const z = mu.map((m, k) => m + Math.exp(logSigma[k]) * eps[k]);  // Eq. 6
         let divergence = 0;  // Eq. 11
