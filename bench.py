@@ -15,8 +15,9 @@ the variants take turns, so drift hits them alike):
                     the precision train.py picks for them, e.g. --vs write_N=6 to time a size against the defaults
 with each step's arithmetic (matrix-product GFLOP per image, counted by torch's FlopCounterMode), the
 GFLOP/s it reaches and its share of this machine's matrix-product peak, measured in the same run on
-large square products of the step's precision; and the time to draw 64 samples and write their PNG
-and GIF (generate.py's work), median of 3.
+large square products of the step's precision; the time to draw 64 samples and write their PNG
+and GIF (generate.py's work), median of 3; and the time and value of the test bound after each epoch
+on 1,000 images, as train.py computes it and in fp32 one training batch at a time, median of 3.
 """
 import argparse
 import os
@@ -159,6 +160,26 @@ def generation_seconds(p, device, repeats=3):
     return statistics.median(times)
 
 
+def test_bound_seconds(p, device, precision, repeats=3):
+    """The epoch line's test bound on 1,000 random binary images of an untrained model, taking turns: as
+    train.py computes it (training.epoch_test), and in fp32 one training batch at a time. Returns the
+    seconds of each (median of repeats) and the bound of each (one posterior sample per image, seeded)."""
+    model = DRAWModel(p).to(device).eval()
+    x = (torch.rand(1000, p['channel'], p['B'], p['A'], device=device) < 0.5).float()
+    y = torch.zeros(1000, dtype=torch.long, device=device)
+    ways = (lambda: training.epoch_test(model, x, y, {**p, 'precision': precision}),
+            lambda: training.test_bound(model, x, y, p['batch_size']))
+    times, bounds = [[], []], [None, None]
+    for _ in range(repeats):
+        for i, way in enumerate(ways):
+            torch.manual_seed(p['seed'])
+            start = time.perf_counter()
+            bounds[i] = way()[0]
+            sync(device)
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(found) for found in times], bounds
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--windows', type=int, default=5, help='timed windows per variant (default 5)')
@@ -213,6 +234,10 @@ def main(argv=None):
     else:
         print(f"compiled step: not timed ({'compile=false' if p['compile'] == 'false' else compiling.unavailable(device)})")
     print(f"generation: 64 samples + PNG + GIF in {generation_seconds(p, device):.2f} s (median of 3)")
+    (ours, fp32), bounds = test_bound_seconds(p, device, precision)
+    print(f"the epoch's test bound, 1,000 images: {ours:.2f} s as train.py computes it ({precision}, batches of "
+          f"{training.TEST_BATCHES * p['batch_size']}), {fp32:.2f} s in fp32 batches of {p['batch_size']} (median of 3); "
+          f"the bound {bounds[0]:.2f} and {bounds[1]:.2f} nats (untrained; one posterior sample per image)")
 
 
 if __name__ == '__main__':

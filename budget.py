@@ -3,7 +3,7 @@
 A run with minutes > 0 times its own first steps on this machine and this data, and the work between
 epochs (the test bound and loss plot after each, a checkpoint and a GIF every save_epoch and at the
 end), then fixes the number of steps whose rest ends the run within N minutes of its start. The
-cosine schedule reaches 0 at the last of them: Li, Yumer and Ramanan (ICLR 2020) found a schedule
+learning rate reaches 0 at the last of them: Li, Yumer and Ramanan (ICLR 2020) found a schedule
 annealed to 0 at the budget's end better than a longer one cut short. Every checkpoint records the
 total, so a resumed run keeps its schedule.
 """

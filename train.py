@@ -46,7 +46,7 @@ params = {
     'epoch_num': 50,  # passes over the training split
     'minutes': 0.0,  # > 0: train this many minutes from the start (steps fitted to the measured speed; not epoch_num)
     'learning_rate': 2e-3,  # Adam step size (at the start, under lr_schedule)
-    'lr_schedule': 'cosine',  # cosine: the step size falls along a half cosine to 0 at the run's last step | constant
+    'lr_schedule': 'wsd',  # wsd: held, then falling linearly to 0 over the run's last fifth | cosine | constant
     'beta1': 0.5,  # Adam beta1 (beta2 = 0.999)
     'kl_warmup': 250,  # steps over which the KL's weight in the training objective rises linearly from 0 (0: none)
     'free_bits': 0.25,  # nats: each glimpse's batch-mean KL counts as at least this in the training objective

@@ -19,6 +19,8 @@ import utils
 from dataloader import to_input
 
 LOG_EVERY = 20  # steps between reads of the loss from the device (progress bar, non-finite check)
+TEST_BATCHES = 4  # the test bound's batches, in training batches
+WSD_DECAY = 0.2  # lr_schedule=wsd: the share of the last steps over which the rate falls to 0
 
 
 def log(message):
@@ -33,11 +35,15 @@ def kl_weight(p, step):
 
 
 def learning_rate(p, step, total):
-    """The step size of step (from 0) of a run of total steps: learning_rate along a half cosine from
-    step 0 to 0 at the end (Loshchilov and Hutter 2017, SGDR without restarts), or constant. Where total
-    is not yet known (a minutes=N run timing its first steps), the schedule's start, learning_rate."""
+    """The step size of step (from 0) of a run of total steps, by lr_schedule: wsd, learning_rate held,
+    then falling linearly to 0 over the last WSD_DECAY of the steps (warm-up, stable, decay, here without
+    the warm-up: Hu et al. 2024, Hägele et al. 2024); cosine, along a half cosine from step 0 to 0 at the
+    end (Loshchilov and Hutter 2017, SGDR without restarts); or constant. Where total is not yet known
+    (a minutes=N run timing its first steps), the schedule's start, learning_rate."""
     if p['lr_schedule'] == 'constant' or total is None:
         return p['learning_rate']
+    if p['lr_schedule'] == 'wsd':
+        return p['learning_rate'] * min(1.0, (total - min(step, total)) / (WSD_DECAY * total))
     return p['learning_rate'] * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
@@ -128,14 +134,23 @@ def train_steps(objective, optimizer, train_x, train_y, p, state, bar, stop, ave
 
 
 @torch.no_grad()
-def test_bound(model, test_x, test_y, batch_size):
+def test_bound(model, test_x, test_y, batch_size, precision='fp32'):
     """The negative ELBO on the test split and its two terms (reconstruction, KL), in nats per image,
-    one posterior sample per image. A KL near 0 means the model ignores its latents."""
+    one posterior sample per image, in batches of batch_size under precision's autocast. A KL near 0
+    means the model ignores its latents."""
     total = torch.zeros(3, device=test_x.device)
-    for i in range(0, len(test_x), batch_size):
-        x = test_x[i:i + batch_size]
-        total += torch.stack(model.loss(x, test_y[i:i + batch_size])) * len(x)
+    with utils.autocast(test_x.device, precision):
+        for i in range(0, len(test_x), batch_size):
+            x = test_x[i:i + batch_size]
+            total += torch.stack(model.loss(x, test_y[i:i + batch_size])).float() * len(x)
     return (total / len(test_x)).tolist()
+
+
+def epoch_test(model, test_x, test_y, p):
+    """The epoch line's test bound (test_bound): in the training's precision (evaluate.py computes in
+    fp32), in batches of TEST_BATCHES training batches (no gradients are kept: fewer, larger products,
+    half the time; bench.py times both)."""
+    return test_bound(model, test_x, test_y, TEST_BATCHES * p['batch_size'], p['precision'])
 
 
 def fresh_state():
@@ -214,7 +229,7 @@ def run_epochs(model, objective, optimizer, train, test, p, state, save, scorer=
             if not main:
                 continue
             shown.eval()
-            bound, recon, kl = test_bound(shown, *test, p['batch_size'])
+            bound, recon, kl = epoch_test(shown, *test, p)
             state['test_bounds'].append(bound)
             seconds = time.perf_counter() - start
             skipped = f"  ({state['skipped']} non-finite steps skipped so far)" if state['skipped'] else ''
@@ -266,12 +281,11 @@ def chore_seconds(model, shown, test, optimizer, p, state, per_epoch, scorer):
     at each save: a GIF, written to a temporary folder, the sample scores where asked, a checkpoint's
     bytes), timed now on shown with the random generators left as they were; model is left training."""
     test_x, test_y = test
-    bs = p['batch_size']
+    bs = TEST_BATCHES * p['batch_size']  # one test batch
     with torch.random.fork_rng(devices=[test_x.device] if test_x.device.type == 'cuda' else []), \
             tempfile.TemporaryDirectory() as folder:
         shown.eval()
-        epoch = budget.timed(lambda: test_bound(shown, test_x[:2 * bs], test_y[:2 * bs], bs)) * \
-            len(test_x) / len(test_x[:2 * bs])
+        epoch = budget.timed(lambda: epoch_test(shown, test_x[:bs], test_y[:bs], p)) * len(test_x) / len(test_x[:bs])
         epoch += budget.timed(lambda: figures.plot_losses(Path(p['image_dir']) / 'Loss_Curve.png', state['losses'],
                                                         per_epoch, state['test_bounds']))
         save = budget.timed(lambda: draw_gif(shown, p, test_x.device, Path(folder) / 'timing.gif')) + \

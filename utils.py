@@ -97,7 +97,7 @@ def check_params(params):
         'test_split': (lambda v: 0 < v < 1, 'a fraction between 0 and 1'),
         'seed': (lambda v: 0 <= v < 2 ** 32, 'an integer from 0 to 2**32 - 1'),
         'binarize': (lambda v: v in ('none', 'threshold', 'sample'), "'none', 'threshold' or 'sample'"),
-        'lr_schedule': (lambda v: v in ('cosine', 'constant'), "'cosine' or 'constant'"),
+        'lr_schedule': (lambda v: v in ('cosine', 'wsd', 'constant'), "'cosine', 'wsd' or 'constant'"),
         'precision': (lambda v: v in ('auto', 'fp32', 'bf16'), "'auto', 'fp32' or 'bf16'"),
         'compile': (lambda v: v in ('auto', 'true', 'false'), "'auto', 'true' or 'false'"),
     })

@@ -31,7 +31,7 @@ def clock(tmp_path, monkeypatch):
             now[0] += seconds
             return work(*args, **kwargs)
         return run
-    for name, seconds in (('train_step', STEP), ('test_bound', TEST), ('draw_gif', GIF)):
+    for name, seconds in (('train_step', STEP), ('epoch_test', TEST), ('draw_gif', GIF)):
         monkeypatch.setattr(training, name, costing(seconds, getattr(training, name)))
     yield now
 
@@ -66,8 +66,8 @@ def test_the_run_fits_its_budget_and_the_rate_falls_to_zero_at_its_last_step(clo
     assert 'epoch 5/5' in out and '0:02 left' in out and 'epoch 6' not in out  # then the final GIF, 2 s
     p = {**train.params, **ckpt['params']}
     last = ckpt['optimizer']['param_groups'][0]['lr']
-    assert last == training.learning_rate(p, 22, 23) and 0 < last < 0.005 * p['learning_rate']
-    assert training.learning_rate(p, 23, 23) == 0  # where the half cosine ends: the end of the last step
+    assert p['lr_schedule'] == 'wsd' and last == training.learning_rate(p, 22, 23) == pytest.approx(p['learning_rate'] / 4.6)
+    assert training.learning_rate(p, 23, 23) == 0  # where the fall ends: the end of the last step
 
 
 def test_a_resumed_budget_run_keeps_its_steps_and_ends_where_the_uninterrupted_one_ends(clock, tmp_path, monkeypatch):

@@ -71,7 +71,7 @@ def test_the_moving_average_only_watches_training(work):
 
 
 def test_at_a_constant_rate_a_finished_run_extended_equals_a_longer_one(work):
-    """The cosine schedule follows epoch_num, so only a constant rate lets epoch_num grow exactly."""
+    """The schedule follows epoch_num, so only a constant rate lets epoch_num grow exactly."""
     straight = train_in(work, 'epoch_num=2', 'lr_schedule=constant', out='straight')
     first = train_in(work, 'epoch_num=1', 'lr_schedule=constant', out='extended')
     train_in(work, 'epoch_num=2', f'resume={first / "model_final"}', out='extended')

@@ -115,6 +115,9 @@ def test_bench_prints_the_side_by_side_table(tmp_path):
     changed = f"train.py ({'bf16' if native else 'fp32'}, write_N=3,read_N=3)"  # --vs: the same step, other params
     assert float(rows[changed][-3]) != float(rows['train.py (fp32)'][-3])  # its own arithmetic: other sizes
     assert 'train.py (fp32, precision=fp32)' in rows  # a precision it asks for is the one it runs in
+    found = re.search(r"test bound, 1,000 images: \S+ s as train.py computes it \((\w+), batches of 16\), \S+ s in fp32 "
+                      r"batches of 4 \(median of 3\); the bound (\S+) and (\S+) nats", out.stdout)
+    assert found and float(found[2]) == pytest.approx(float(found[3]), rel=0.01)  # other batches: other noise
     refused = run('bench.py', '--vs', 'device=cuda:1', cwd=tmp_path)
     assert refused.returncode == 2 and refused.stderr.strip() == (
         'error: --vs device=cuda:1: every variant runs on the same device; run bench.py once per device.')

@@ -78,10 +78,33 @@ def test_the_kl_weight_ramps_linearly_and_then_holds():
 
 
 def test_the_cosine_schedule_falls_from_the_learning_rate_to_zero_at_the_last_epoch():
-    p = {**P, 'learning_rate': 2e-3}
+    p = {**P, 'learning_rate': 2e-3, 'lr_schedule': 'cosine'}
     assert [training.learning_rate(p, s, 100) for s in (0, 50, 100, 150)] == pytest.approx([2e-3, 1e-3, 0, 0], abs=1e-12)
     assert training.learning_rate(p, 25, 100) == pytest.approx(1e-3 * (1 + math.cos(math.pi / 4)))
     assert {training.learning_rate({**p, 'lr_schedule': 'constant'}, s, 100) for s in (0, 99, 200)} == {2e-3}
+
+
+def test_the_wsd_schedule_holds_the_rate_then_falls_linearly_to_zero_over_the_last_fifth():
+    p = {**P, 'learning_rate': 2e-3, 'lr_schedule': 'wsd'}
+    assert [training.learning_rate(p, s, 100) for s in (0, 50, 80, 90, 95, 100, 150)] == \
+        pytest.approx([2e-3, 2e-3, 2e-3, 1e-3, 5e-4, 0, 0], abs=1e-12)
+    assert training.learning_rate(p, 3, None) == 2e-3  # a minutes=N run timing its first steps
+
+
+def test_the_epochs_test_bound_is_the_whole_splits_elbo_in_batches_of_four_training_batches_and_its_precision():
+    """40 images at batch_size 4: test batches of 16, 16 and 8, each its own noise; in bf16 the
+    products round (the bound moves, a little), the sums stay fp32."""
+    model, _ = setup()
+    x = (torch.rand(40, 1, 12, 12, generator=torch.Generator().manual_seed(2)) > 0.6).float()
+    y, p = torch.zeros(40, dtype=torch.long), {**P, 'batch_size': 4, 'precision': 'fp32'}
+    torch.manual_seed(3)
+    expected = sum(torch.stack(model.loss(x[i:i + 16])) * len(x[i:i + 16]) for i in (0, 16, 32)) / 40
+    torch.manual_seed(3)
+    assert training.epoch_test(model, x, y, p) == pytest.approx(expected.tolist(), abs=1e-4)
+    torch.manual_seed(3)
+    in_bf16 = training.epoch_test(model, x, y, {**p, 'precision': 'bf16'})
+    assert in_bf16 != pytest.approx(expected.tolist(), abs=1e-4) and in_bf16 == pytest.approx(expected.tolist(), rel=2e-3)
+    assert all(isinstance(v, float) for v in in_bf16)
 
 
 def test_each_step_trains_at_the_schedules_rate(monkeypatch):
