@@ -44,6 +44,7 @@ class Budget:
 
     def __init__(self, minutes, start):
         self.minutes, self.start, self.deadline = minutes, start, start + 60 * minutes
+        self.costs = self.said = None  # as timed at the start (Costs); the total steps the log last gave
 
     def left(self):
         return self.deadline - clock()
@@ -52,10 +53,12 @@ class Budget:
         return clock() - self.start
 
     def rest(self, total, done, costs, per_epoch, save_epoch):
-        """The seconds that the rest of a run of total steps takes once done of them are taken (in the
-        first epoch): the steps, every epoch's test and plot, the checkpoints and GIFs."""
-        epochs = -(-total // per_epoch)
-        return (total - done) * costs.step + epochs * costs.epoch + (epochs // save_epoch + 1) * costs.save
+        """The seconds that the rest of a run of total steps takes once done of them are taken, the work
+        after each epoch already finished done: the steps, every later epoch's test and plot, the
+        checkpoints and GIFs still to come."""
+        epochs, finished = -(-total // per_epoch), done // per_epoch
+        return (total - done) * costs.step + (epochs - finished) * costs.epoch + \
+            (epochs // save_epoch + 1 - finished // save_epoch) * costs.save
 
     def fit(self, done, costs, per_epoch, save_epoch):
         """The number of steps in the whole run: the most whose rest ends by the deadline (by bisection:

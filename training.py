@@ -188,9 +188,10 @@ def restore(model, optimizer, ckpt, train_x, averaged=None):
 def run_epochs(model, objective, optimizer, train, test, p, state, save, scorer=None, averaged=None, plan=None):
     """Epochs state['epoch'] + 1 onward over train and test, (images, labels) each, training model
     through objective (train.step_objective) for run_length steps in all (the last epoch may be partial);
-    a minutes=N run first fixes that length by its plan (a budget.Budget), see fix_length. On SIGINT or
-    SIGTERM, saves model_interrupted and stops. The test bound, the GIFs and the scores are of the
-    weights' moving average, averaged, when there is one. Under torchrun only rank 0 evaluates and writes."""
+    a minutes=N run first fixes that length by its plan (a budget.Budget), see fix_length, then fits it
+    again at the start of every epoch, see refit_length. On SIGINT or SIGTERM, saves model_interrupted
+    and stops. The test bound, the GIFs and the scores are of the weights' moving average, averaged,
+    when there is one. Under torchrun only rank 0 evaluates and writes."""
     train_x, main = train[0], distributed.rank() == 0
     shown = model if averaged is None else averaged
     image_dir, steps = Path(p['image_dir']), -(-(len(train_x) // distributed.world()) // p['batch_size'])
@@ -199,11 +200,14 @@ def run_epochs(model, objective, optimizer, train, test, p, state, save, scorer=
         total = run_length(p, state, steps)
         return total and -(-total // steps)
     left = plan.left if plan and not state['total_steps'] else None  # a resumed run has no deadline
+    last = None  # the costs of the epoch before, in a minutes=N run
     with utils.StopSignals() as stop:
         while epochs() is None or state['epoch'] < epochs():
             epoch = state['epoch'] + 1
             if state['order'] is None:
                 state['order'] = distributed.same_everywhere(torch.randperm(len(train_x), device=train_x.device))
+            if left and last:
+                refit_length(plan, p, state, steps, last)
             start, first = time.perf_counter(), state['batch']
             with tqdm(total=steps, initial=state['batch'], unit='batch', desc=f"epoch {epoch}/{epochs() or '?'}",
                       leave=False, disable=None if main else True) as bar:
@@ -216,8 +220,10 @@ def run_epochs(model, objective, optimizer, train, test, p, state, save, scorer=
                     losses, stopped = fix_length(plan, run, p, state, steps, chores)
                     bar.set_description(f"epoch {epoch}/{epochs()}")
                 if not stopped:
+                    began, done = budget.clock(), state['batch']
                     more, stopped = run(None)
                     losses += more
+                    stepped = (budget.clock() - began) / (state['batch'] - done) if state['batch'] > done else None
             if stopped:
                 path = save('model_interrupted')
                 signum = stop.received or signal.SIGTERM  # under torchrun, another rank's signal
@@ -226,9 +232,12 @@ def run_epochs(model, objective, optimizer, train, test, p, state, save, scorer=
             images = min(len(train_x), state['batch'] * p['batch_size'] * distributed.world()) - \
                 first * p['batch_size'] * distributed.world()
             state.update(epoch=epoch, batch=0, order=None)
+            if left:  # this epoch's costs, for the next epoch's refit_length (its test and plot on rank 0, below)
+                last = plan.costs._replace(step=stepped) if stepped else None
             if not main:
                 continue
             shown.eval()
+            began = budget.clock()
             bound, recon, kl = epoch_test(shown, *test, p)
             state['test_bounds'].append(bound)
             seconds = time.perf_counter() - start
@@ -237,6 +246,8 @@ def run_epochs(model, objective, optimizer, train, test, p, state, save, scorer=
                   f"test bound {bound:.2f} nats (reconstruction {recon:.2f} + KL {kl:.2f})  {seconds:.1f} s "
                   f"({images / seconds:.0f} img/s){f', {budget.clock_time(left())} left' if left else ''}{skipped}")
             figures.plot_losses(image_dir / 'Loss_Curve.png', state['losses'], steps, state['test_bounds'])
+            if last:
+                last = last._replace(epoch=budget.clock() - began)
             if epoch % p['save_epoch'] == 0:
                 save(f'model_epoch_{epoch}')
             if epoch % p['save_epoch'] == 0 or epoch == epochs():
@@ -267,13 +278,36 @@ def fix_length(plan, run, p, state, per_epoch, chores):
     more, stopped = run(state['batch'] + timed)
     if stopped:
         return losses + more, True
-    costs = budget.Costs((budget.clock() - started) / timed, *(chores() if distributed.rank() == 0 else (0, 0)))
+    plan.costs = costs = budget.Costs((budget.clock() - started) / timed,
+                                      *(chores() if distributed.rank() == 0 else (0, 0)))
     total = torch.tensor([plan.fit(state['batch'], costs, per_epoch, p['save_epoch'])], device=state['order'].device)
-    state['total_steps'] = int(distributed.same_everywhere(total).item())
+    state['total_steps'] = plan.said = int(distributed.same_everywhere(total).item())
     plan.check(state['total_steps'], state['batch'], costs, per_epoch, p)
     p['epoch_num'] = -(-state['total_steps'] // per_epoch)  # what the checkpoints' params say it spans
     log(plan.describe(state['total_steps'], costs, per_epoch, p, p['batch_size'] * distributed.world()))
     return losses + more, False
+
+
+def refit_length(plan, p, state, per_epoch, costs):
+    """Fits the total steps of a minutes=N run again, at the start of an epoch, to the costs of the
+    epoch before (budget.Costs; the saves as timed at the start), so that a machine that slows down or
+    speeds up later still ends the run on time. Only while the rate is held (lr_schedule=wsd before its
+    fall, or constant), so the schedule up to here is the same under either total, and never so short
+    that the fall would have begun; a cosine run keeps its first total. Moves it by 1% or more, and says
+    so where it is 5% or more from the total last said."""
+    done, total = state['epoch'] * per_epoch, state['total_steps']
+    if p['lr_schedule'] == 'cosine' or (p['lr_schedule'] == 'wsd' and done > (1 - WSD_DECAY) * total):
+        return
+    least = math.ceil(done / (1 - WSD_DECAY)) if p['lr_schedule'] == 'wsd' else done + 1
+    fitted = torch.tensor([max(least, plan.fit(done, costs, per_epoch, p['save_epoch']))], device=state['order'].device)
+    fitted = int(distributed.same_everywhere(fitted).item())
+    if abs(fitted - total) >= 0.01 * total:
+        state['total_steps'], p['epoch_num'] = fitted, -(-fitted // per_epoch)
+    if abs(fitted - plan.said) >= 0.05 * plan.said:  # the epoch lines show smaller moves in their count
+        plan.said = fitted
+        log(f"minutes={p['minutes']:g}: {fitted:,} steps now ({fitted / per_epoch:.1f} epochs), from the last epoch's "
+            f"{costs.step:.3f} s a step and {costs.epoch:.1f} s of test and plot, to end by "
+            f"{budget.clock_time(60 * p['minutes'])}.")
 
 
 def chore_seconds(model, shown, test, optimizer, p, state, per_epoch, scorer):

@@ -47,8 +47,9 @@ def test_fit_takes_the_most_steps_whose_rest_ends_by_the_deadline(monkeypatch):
         plan = budget.Budget(rng.uniform(0.1, 20), start=100.0 - rng.uniform(0, 60))
         total = plan.fit(done, costs, per_epoch, save_epoch)
         left = plan.left()
-        rest = lambda n: (n - done) * costs.step + math.ceil(n / per_epoch) * costs.epoch + \
-            (math.ceil(n / per_epoch) // save_epoch + 1) * costs.save
+        finished = done // per_epoch  # epochs whose test, plot and save are behind
+        rest = lambda n: (n - done) * costs.step + (math.ceil(n / per_epoch) - finished) * costs.epoch + \
+            (math.ceil(n / per_epoch) // save_epoch + 1 - finished // save_epoch) * costs.save
         expected = done
         while rest(expected + 1) <= left:
             expected += 1
@@ -68,6 +69,26 @@ def test_the_run_fits_its_budget_and_the_rate_falls_to_zero_at_its_last_step(clo
     last = ckpt['optimizer']['param_groups'][0]['lr']
     assert p['lr_schedule'] == 'wsd' and last == training.learning_rate(p, 22, 23) == pytest.approx(p['learning_rate'] / 4.6)
     assert training.learning_rate(p, 23, 23) == 0  # where the fall ends: the end of the last step
+
+
+def test_a_run_whose_steps_slow_down_is_fitted_again_and_still_ends_by_its_deadline(clock, tmp_path, capsys, monkeypatch):
+    """After the first epoch every step takes 2 s, not the 1 s timed. At epoch 3's start, 10 steps done at
+    18.5 s, the 11.5 s left hold 4 more steps, a test and the final GIF: 14 steps in all, not 23, and the
+    rate, held at learning_rate until then under either total, falls over the last fifth of the 14."""
+    step, steps = training.train_step, [0]
+
+    def slower(*args, **kwargs):
+        steps[0] += 1
+        clock[0] += 1.0 if steps[0] > 5 else 0.0
+        return step(*args, **kwargs)
+    monkeypatch.setattr(training, 'train_step', slower)
+    ckpt = load(train_in(tmp_path, 'minutes=0.5', *BUDGETED) / 'model_final')
+    out = capsys.readouterr().out
+    assert 'minutes=0.5: 23 steps' in out and "minutes=0.5: 14 steps now (2.8 epochs), from the last epoch's 2.000 s a " \
+        "step and 0.5 s of test and plot, to end by 0:30." in out
+    assert ckpt['total_steps'] == 14 == len(ckpt['losses']) and ckpt['params']['epoch_num'] == 3 and clock[0] == 29.0
+    p = {**train.params, **ckpt['params']}
+    assert ckpt['optimizer']['param_groups'][0]['lr'] == training.learning_rate(p, 13, 14) == pytest.approx(2e-3 / 2.8)
 
 
 def test_a_resumed_budget_run_keeps_its_steps_and_ends_where_the_uninterrupted_one_ends(clock, tmp_path, monkeypatch):
