@@ -15,7 +15,9 @@ the variants take turns, so drift hits them alike):
                     the precision train.py picks for them, e.g. --vs write_N=6 to time a size against the defaults
 with each step's arithmetic (matrix-product GFLOP per image, counted by torch's FlopCounterMode), the
 GFLOP/s it reaches and its share of this machine's matrix-product peak, measured in the same run on
-large square products of the step's precision; the time to draw 64 samples and write their PNG
+large square products of the step's precision; on a CPU, where each step's time goes (torch.profiler:
+its operator calls, and its shares in matrix products, batched ones among them, a compiled graph's fused
+kernels and everything else, with the products' own GFLOP/s); the time to draw 64 samples and write their PNG
 and GIF (generate.py's work), median of 3; and the time and value of the test bound after each epoch
 on 1,000 images, as train.py computes it and in fp32 one training batch at a time, median of 3.
 """
@@ -120,6 +122,27 @@ def variants_planned(p, vs, device, precision, native, compiled):
     return plan
 
 
+PRODUCTS, BATCHED = {'aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm'}, {'aten::bmm', 'aten::baddbmm'}
+
+
+def time_shares(step, steps=3):
+    """Where a CPU step's time goes, from torch.profiler over steps calls of step: seconds per step in
+    matrix products, in the batched ones among them (the filterbanks' small products), in a compiled
+    graph's own fused kernels, and in everything else; and the operator calls per step."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        for _ in range(steps):
+            step()
+    events = profile.key_averages()
+
+    def seconds(keep):
+        return sum(e.self_cpu_time_total for e in events if keep(e.key)) / 1e6 / steps
+    products, batched = seconds(PRODUCTS.__contains__), seconds(BATCHED.__contains__)
+    fused = seconds(lambda key: key.startswith('## Call CompiledFxGraph'))
+    other = seconds(lambda key: True) - products - fused
+    calls = sum(e.count for e in events if e.key.startswith('aten::')) / steps
+    return products, batched, fused, other, calls
+
+
 def compile_seconds(overrides, cache):
     """Seconds to compile train.py's step in a fresh process with inductor's caches in the folder cache."""
     out = subprocess.run([sys.executable, __file__, '--compile-only', *overrides], capture_output=True, text=True,
@@ -219,6 +242,7 @@ def main(argv=None):
     if native:
         peaks['bf16'] = peak_gflops(device, torch.bfloat16)
     gflop = {variant: step_gflop(step, p['batch_size']) for variant, step in variants.items()}
+    peak = {variant: peaks['bf16' if variant.startswith('train.py (bf16') else 'fp32'] for variant in variants}
     rates = throughput(variants, p, device, args.windows, args.steps, args.warmup)
     base = statistics.median(rates['2019-style'])
     print(f"matrix-product peak: {', '.join(f'{k} {v:,.0f} GFLOP/s' for k, v in peaks.items())}")
@@ -226,9 +250,17 @@ def main(argv=None):
           f"{'GFLOP/image':>13}{'GFLOP/s':>9}{'of peak':>9}")
     for variant, found in rates.items():
         median = statistics.median(found)
-        peak = peaks['bf16' if variant.startswith('train.py (bf16') else 'fp32']
         print(f"{variant:<{width}}{median:>18,.0f}{f'{min(found):,.0f}-{max(found):,.0f}':>14}{median / base:>14.2f}x"
-              f"{gflop[variant]:>13.3g}{gflop[variant] * median:>9,.0f}{gflop[variant] * median / peak:>9.0%}")
+              f"{gflop[variant]:>13.3g}{gflop[variant] * median:>9,.0f}{gflop[variant] * median / peak[variant]:>9.0%}")
+    if device.type == 'cpu':
+        print("where a step's time goes (torch.profiler, 3 steps each; matrix products' GFLOP/s and share of peak):")
+        print(f"{'training step':<{width}}{'operator calls':>15}{'products':>10}{'batched':>9}{'fused':>7}"
+              f"{'other':>7}{'GFLOP/s':>9}{'of peak':>9}")
+        for variant, step in variants.items():
+            products, batched, fused, other, calls = time_shares(step)
+            total, rate = products + fused + other, gflop[variant] * p['batch_size'] / products
+            print(f"{variant:<{width}}{calls:>15,.0f}{products / total:>10.0%}{batched / total:>9.0%}"
+                  f"{fused / total:>7.0%}{other / total:>7.0%}{rate:>9,.0f}{rate / peak[variant]:>9.0%}")
     if compiled:
         print(f"compile time of the step: {cold:.0f} s cold (empty caches), {warm:.0f} s warm (a second process)")
     else:

@@ -49,9 +49,11 @@ def unavailable(device):
 
 
 def cache_key(p, num_classes, device):
-    """What identifies a compiled graph in the record of compile times."""
+    """What identifies a compiled graph in the record of compile times: the class count only where the
+    model is conditional (an unconditional model's graph is the same on any data of its size)."""
     keys = [f'{k}={p[k]}' for k in (*utils.MODEL_KEYS, 'batch_size', 'precision')]
-    return ' '.join([torch.__version__, device.type, f'classes={num_classes}', *keys])
+    classes = [f'classes={num_classes}'] if p['conditional'] else []
+    return ' '.join([torch.__version__, device.type, *classes, *keys])
 
 
 class Record:

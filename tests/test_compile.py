@@ -111,3 +111,10 @@ def test_the_record_expects_a_warm_start_after_a_cold_one_and_survives_a_damaged
     assert compiling.Record(tmp_path).get('k') == 200.0 * compiling.WARM_SHARE
     record.put('k', 6.04, True, print)  # a warm one: what it took
     assert compiling.Record(tmp_path).get('k') == 6.0
+
+
+def test_the_record_keys_the_class_count_only_for_a_conditional_model():
+    cpu = torch.device('cpu')
+    assert compiling.cache_key(P, 46, cpu) == compiling.cache_key(P, 10, cpu)  # same graph on other data
+    conditional = {**P, 'conditional': True}
+    assert compiling.cache_key(conditional, 46, cpu) != compiling.cache_key(conditional, 10, cpu)

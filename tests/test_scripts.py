@@ -109,7 +109,8 @@ def test_bench_prints_the_side_by_side_table(tmp_path):
     out = run('bench.py', '--windows', '2', '--steps', '1', '--warmup', '0', 'T=2', 'enc_size=8', 'dec_size=8',
               'batch_size=4', '--vs', 'write_N=3,read_N=3', '--vs', 'precision=fp32', cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    rows = {line.split('  ')[0]: line.split() for line in out.stdout.splitlines()}
+    speeds, _, shares = out.stdout.partition("where a step's time goes")
+    rows = {line.split('  ')[0]: line.split() for line in speeds.splitlines()}
     native = utils.native_bf16(torch.device('cpu'))
     assert {'2019-style', 'train.py (fp32)'} <= set(rows) and ('train.py (bf16)' in rows) == bool(native)
     changed = f"train.py ({'bf16' if native else 'fp32'}, write_N=3,read_N=3)"  # --vs: the same step, other params
@@ -129,6 +130,14 @@ def test_bench_prints_the_side_by_side_table(tmp_path):
     compiled = f"train.py ({'bf16' if native else 'fp32'}, compiled)"  # what a long train.py run uses
     eager = 'train.py (bf16)' if native else 'train.py (fp32)'
     assert float(rows[compiled][-3]) == pytest.approx(float(rows[eager][-3]))  # the same arithmetic, counted
+    variant = ('2019-style', 'train.py (')
+    spent = {line.split('  ')[0]: line.split()[-7:] for line in shares.splitlines() if line.startswith(variant)}
+    assert set(spent) == {name for name in rows if name.startswith(variant)}  # every step timed, profiled
+    for name, (calls, products, batched, fused, other, _, share) in spent.items():
+        shares_of_step = [float(v.rstrip('%')) for v in (products, fused, other)]
+        assert sum(shares_of_step) == pytest.approx(100, abs=2) and float(batched.rstrip('%')) <= shares_of_step[0]
+        assert (shares_of_step[1] > 0) == (name == compiled) and share.endswith('%')  # fused kernels: compiled only
+    assert int(spent[compiled][0].replace(',', '')) < int(spent[eager][0].replace(',', '')) / 3  # fewer operators
     assert re.search(r'compile time of the step: \d+ s cold \(empty caches\), \d+ s warm \(a second process\)',
                      out.stdout)
 
