@@ -78,6 +78,11 @@ def same_everywhere(tensor):
     return tensor
 
 
+def rank0s(value, device):
+    """The int value as rank 0 has it, on every rank (what each decides from its own clock)."""
+    return int(same_everywhere(torch.tensor([int(value)], device=device)).item())
+
+
 def mean(tensor):
     """The mean of tensor over the processes (the loss each logs)."""
     if dist.is_initialized():

@@ -214,7 +214,7 @@ def step_objective(model, train, p, state, num_classes, plan=None):
     if steps is None:  # a minutes=N run's, before it is fixed
         steps = int(max(0.0, plan.left()) / seconds) if seconds else 1
     chosen, why = compiling.decide(p['compile'], train_x.device, steps, seconds, p['T'], record.get(key))
-    chosen = bool(distributed.same_everywhere(torch.tensor([int(chosen)], device=train_x.device)).item()) and steps > 0
+    chosen = bool(distributed.rank0s(chosen, train_x.device)) and steps > 0
     log(f"{'Compiling' if chosen else 'Not compiling'} the training step ({why}).")
     if chosen:
         objective = compiling.compile_objective(objective, x, y, p['free_bits'], p['precision'], log, record, key)

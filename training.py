@@ -280,16 +280,12 @@ def fix_length(plan, run, p, state, per_epoch, chores):
         return losses + more, True
     plan.costs = costs = budget.Costs((budget.clock() - started) / timed,
                                       *(chores() if distributed.rank() == 0 else (0, 0)))
-    state['total_steps'] = plan.said = agreed(plan.fit(state['batch'], costs, per_epoch, p['save_epoch']), state)
+    state['total_steps'] = plan.said = distributed.rank0s(plan.fit(state['batch'], costs, per_epoch, p['save_epoch']),
+                                                         state['order'].device)
     plan.check(state['total_steps'], state['batch'], costs, per_epoch, p)
     p['epoch_num'] = -(-state['total_steps'] // per_epoch)  # what the checkpoints' params say it spans
     log(plan.describe(state['total_steps'], costs, per_epoch, p, p['batch_size'] * distributed.world()))
     return losses + more, False
-
-
-def agreed(steps, state):
-    """steps as rank 0 fitted them, on every rank (each times its own steps)."""
-    return int(distributed.same_everywhere(torch.tensor([steps], device=state['order'].device)).item())
 
 
 def refit_length(plan, p, state, per_epoch, costs):
@@ -303,7 +299,7 @@ def refit_length(plan, p, state, per_epoch, costs):
     if p['lr_schedule'] == 'cosine' or (p['lr_schedule'] == 'wsd' and done > (1 - WSD_DECAY) * total):
         return
     least = math.ceil(done / (1 - WSD_DECAY)) if p['lr_schedule'] == 'wsd' else done + 1
-    fitted = agreed(max(least, plan.fit(done, costs, per_epoch, p['save_epoch'])), state)
+    fitted = distributed.rank0s(max(least, plan.fit(done, costs, per_epoch, p['save_epoch'])), state['order'].device)
     if abs(fitted - total) >= 0.01 * total:
         state['total_steps'], p['epoch_num'] = fitted, -(-fitted // per_epoch)
     if abs(fitted - plan.said) >= 0.05 * plan.said:  # the epoch lines show smaller moves in their count
