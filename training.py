@@ -34,15 +34,19 @@ def kl_weight(p, step):
     return min(1.0, (step + 1) / p['kl_warmup']) if p['kl_warmup'] else 1.0
 
 
-def learning_rate(p, step, total):
+def learning_rate(p, step, total, fall=None):
     """The step size of step (from 0) of a run of total steps, by lr_schedule: wsd, learning_rate held,
     then falling linearly to 0 over the last WSD_DECAY of the steps (warm-up, stable, decay, here without
-    the warm-up: Hu et al. 2024, Hägele et al. 2024); cosine, along a half cosine from step 0 to 0 at the
-    end (Loshchilov and Hutter 2017, SGDR without restarts); or constant. Where total is not yet known
-    (a minutes=N run timing its first steps), the schedule's start, learning_rate."""
+    the warm-up: Hu et al. 2024, Hägele et al. 2024), or, from step d of a fall = (d, r) that a minutes=N
+    run's refit_length set, linearly from r * learning_rate at d to 0 at total; cosine, along a half
+    cosine from step 0 to 0 at the end (Loshchilov and Hutter 2017, SGDR without restarts); or constant.
+    Where total is not yet known (a minutes=N run timing its first steps), the schedule's start."""
     if p['lr_schedule'] == 'constant' or total is None:
         return p['learning_rate']
     if p['lr_schedule'] == 'wsd':
+        if fall and step >= fall[0]:
+            d, r = fall
+            return p['learning_rate'] * r * (total - min(step, total)) / (total - d)
         return p['learning_rate'] * min(1.0, (total - min(step, total)) / (WSD_DECAY * total))
     return p['learning_rate'] * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
@@ -105,7 +109,7 @@ def train_steps(objective, optimizer, train_x, train_y, p, state, bar, stop, ave
             break
         batch = mine[state['batch'] * bs:(state['batch'] + 1) * bs]
         for group in optimizer.param_groups:
-            group['lr'] = learning_rate(p, first_step + state['batch'], total)
+            group['lr'] = learning_rate(p, first_step + state['batch'], total, state['fall'])
         loss, ok = train_step(objective, optimizer, to_input(train_x[batch], p['binarize'], p['channel']),
                               train_y[batch], p, first_step + state['batch'])
         if averaged is not None:
@@ -155,7 +159,7 @@ def epoch_test(model, test_x, test_y, p):
 
 def fresh_state():
     return {'epoch': 0, 'batch': 0, 'order': None, 'losses': [], 'test_bounds': [], 'skipped': 0, 'bad_in_a_row': 0,
-            'total_steps': None}
+            'total_steps': None, 'fall': None}
 
 
 def restore(model, optimizer, ckpt, train_x, averaged=None):
@@ -173,7 +177,7 @@ def restore(model, optimizer, ckpt, train_x, averaged=None):
         if any(m is not None and m.shape != w.shape for m, w in zip(moments, model.parameters())):
             raise ValueError("its Adam moments' shapes are not its weights'")  # fused Adam would crash on them
         utils.set_rng_state(ckpt['rng'])
-        state = {k: ckpt[k] if k != 'total_steps' else ckpt.get(k) for k in fresh_state()}  # older files: no total
+        state = {k: ckpt[k] if k not in ('total_steps', 'fall') else ckpt.get(k) for k in fresh_state()}  # older: none
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
         raise utils.InputError(f"resume: the checkpoint's training state is damaged or does not fit its params "
                                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}).") from None
@@ -291,17 +295,20 @@ def fix_length(plan, run, p, state, per_epoch, chores):
 def refit_length(plan, p, state, per_epoch, costs):
     """Fits the total steps of a minutes=N run again, at the start of an epoch, to the costs of the
     epoch before (budget.Costs; the saves as timed at the start), so that a machine that slows down or
-    speeds up later still ends the run on time. Only while the rate is held (lr_schedule=wsd before its
-    fall, or constant), so the schedule up to here is the same under either total, and never so short
-    that the fall would have begun; a cosine run keeps its first total. Moves it by 1% or more, and says
-    so where it is 5% or more from the total last said."""
+    speeds up later still ends the run on time; a cosine run keeps its first total. A wsd run whose rate
+    has begun to fall, or whose fall would have begun under the new total, falls from here on linearly
+    from its rate now to 0 at the new total (state['fall'], see learning_rate): the rate never jumps.
+    Moves the total by 1% or more, and says so where it is 5% or more from the total last said."""
     done, total = state['epoch'] * per_epoch, state['total_steps']
-    if p['lr_schedule'] == 'cosine' or (p['lr_schedule'] == 'wsd' and done > (1 - WSD_DECAY) * total):
+    if p['lr_schedule'] == 'cosine':
         return
-    least = math.ceil(done / (1 - WSD_DECAY)) if p['lr_schedule'] == 'wsd' else done + 1
-    fitted = distributed.rank0s(max(least, plan.fit(done, costs, per_epoch, p['save_epoch'])), state['order'].device)
-    if abs(fitted - total) >= 0.01 * total:
-        state['total_steps'], p['epoch_num'] = fitted, -(-fitted // per_epoch)
+    fitted = distributed.rank0s(max(done + 1, plan.fit(done, costs, per_epoch, p['save_epoch'])), state['order'].device)
+    if abs(fitted - total) < 0.01 * total:
+        return
+    rate = learning_rate(p, done, total, state['fall']) / p['learning_rate']
+    if p['lr_schedule'] == 'wsd' and (rate < 1 or done > (1 - WSD_DECAY) * fitted):
+        state['fall'] = [done, rate]
+    state['total_steps'], p['epoch_num'] = fitted, -(-fitted // per_epoch)
     if abs(fitted - plan.said) >= 0.05 * plan.said:  # the epoch lines show smaller moves in their count
         plan.said = fitted
         log(f"minutes={p['minutes']:g}: {fitted:,} steps now ({fitted / per_epoch:.1f} epochs), from the last epoch's "

@@ -91,6 +91,36 @@ def test_a_run_whose_steps_slow_down_is_fitted_again_and_still_ends_by_its_deadl
     assert ckpt['optimizer']['param_groups'][0]['lr'] == training.learning_rate(p, 13, 14) == pytest.approx(2e-3 / 2.8)
 
 
+def test_a_slowdown_in_the_rate_s_fall_is_fitted_again_and_the_rate_falls_on_from_where_it_was(clock, tmp_path, monkeypatch):
+    """minutes=1 (60 s): 48 steps once epoch 1's costs are known, the rate falling from step 38.4. Every
+    step after the 36th takes 1.5 s.
+    At epoch 9's start, 40 steps done at 0.833 of the rate (8 / 9.6), epoch 8's 1.4 s a step fit 45 steps
+    in all: from step 40 the rate falls on linearly from 0.833 to 0 at step 45 (steps 40 to 44: 0.833 to
+    0.167), never jumping, and the run ends at 58.5 s. A run interrupted after that and resumed ends where it ends."""
+    step, steps, rates = training.train_step, [0], []
+
+    def slower(objective, optimizer, *args, **kwargs):
+        steps[0] += 1
+        clock[0] += 0.5 if steps[0] > 36 else 0.0
+        rates.append(optimizer.param_groups[0]['lr'] / 2e-3)
+        if steps[0] == interrupt_at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(objective, optimizer, *args, **kwargs)
+    monkeypatch.setattr(training, 'train_step', slower)
+    interrupt_at = None
+    straight = load(train_in(tmp_path, 'minutes=1', *BUDGETED, out='straight') / 'model_final')
+    assert straight['total_steps'] == 45 and straight['fall'] == [40, pytest.approx(8 / 9.6)] and clock[0] == 58.5
+    assert rates == pytest.approx([1.0] * 39 + [9 / 9.6] + [8 / 9.6 * (45 - s) / 5 for s in range(40, 45)])
+    clock[0], steps[0], interrupt_at = 0.0, 0, 43
+    with pytest.raises(utils.Stopped):
+        train_in(tmp_path, 'minutes=1', *BUDGETED, out='resumed')
+    interrupted = tmp_path / 'resumed' / 'checkpoint' / 'model_interrupted'
+    assert load(interrupted)['fall'] == straight['fall']
+    resumed = load(train_in(tmp_path, f'resume={interrupted}', out='resumed') / 'model_final')
+    assert resumed['total_steps'] == 45 and resumed['fall'] == straight['fall']
+    assert_same_training(straight, resumed)
+
+
 def test_a_resumed_budget_run_keeps_its_steps_and_ends_where_the_uninterrupted_one_ends(clock, tmp_path, monkeypatch):
     straight = load(train_in(tmp_path, 'minutes=0.5', *BUDGETED, out='straight') / 'model_final')
     clock[0], steps, step = 0.0, [0], training.train_step

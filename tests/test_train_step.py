@@ -84,11 +84,14 @@ def test_the_cosine_schedule_falls_from_the_learning_rate_to_zero_at_the_last_ep
     assert {training.learning_rate({**p, 'lr_schedule': 'constant'}, s, 100) for s in (0, 99, 200)} == {2e-3}
 
 
-def test_the_wsd_schedule_holds_the_rate_then_falls_linearly_to_zero_over_the_last_fifth():
+def test_the_wsd_schedule_holds_the_rate_then_falls_linearly_to_zero_over_the_last_fifth_or_from_a_refit():
     p = {**P, 'learning_rate': 2e-3, 'lr_schedule': 'wsd'}
     assert [training.learning_rate(p, s, 100) for s in (0, 50, 80, 90, 95, 100, 150)] == \
         pytest.approx([2e-3, 2e-3, 2e-3, 1e-3, 5e-4, 0, 0], abs=1e-12)
     assert training.learning_rate(p, 3, None) == 2e-3  # a minutes=N run timing its first steps
+    # a fall fitted again at step 90 of 100, at a quarter of the rate: linear from there to 0 at the total
+    assert [training.learning_rate(p, s, 100, [90, 0.25]) for s in (80, 90, 95, 100, 150)] == \
+        pytest.approx([2e-3, 5e-4, 2.5e-4, 0, 0], abs=1e-12)
 
 
 def test_the_epochs_test_bound_is_the_whole_splits_elbo_in_batches_of_four_training_batches_and_its_precision():
