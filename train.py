@@ -51,7 +51,7 @@ params = {
     'kl_warmup': 250,  # steps over which the KL's weight in the training objective rises linearly from 0 (0: none)
     'free_bits': 0.25,  # nats: each glimpse's batch-mean KL counts as at least this in the training objective
     'clip': 5.0,  # gradient-norm clipping threshold
-    'ema': 0.998,  # decay per step of the weights' moving average: what is tested, drawn and saved (0: none)
+    'ema': 0.998,  # decay per step of the weights' moving average, its horizon shrunk with the rate: tested, drawn, saved (0: none)
     'precision': 'auto',  # auto: bf16 where native (CPUs with AVX512-BF16 or AMX, bf16 GPUs), else fp32 | fp32 | bf16
     'compile': 'auto',  # auto: torch.compile the step where the run wins back the compile time | true | false
     'seed': 0,  # seeds the split, initialisation, noise and data order

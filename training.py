@@ -51,11 +51,14 @@ def learning_rate(p, step, total, fall=None):
     return p['learning_rate'] * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
-def ema_decay(p, step):
-    """The weights' moving average's decay at update step (from 0, over the whole run): ema, or
-    (1 + step) / (10 + step) while that is less (TensorFlow's ExponentialMovingAverage rule), so the
-    average soon forgets the initial weights."""
-    return min(p['ema'], (1 + step) / (10 + step))
+def ema_decay(p, step, rate=1.0):
+    """The weights' moving average's decay at update step (from 0, over the whole run), whose learning
+    rate is rate times learning_rate: d = ema, or (1 + step) / (10 + step) while that is less
+    (TensorFlow's ExponentialMovingAverage rule), so the average soon forgets the initial weights; its
+    horizon, 1 / (1 - d) steps, shrinks in proportion to the rate as the schedule lowers it, so the
+    average lags the annealed weights no more than it smooths them: max(0, 1 - (1 - d) / rate)."""
+    d = min(p['ema'], (1 + step) / (10 + step))
+    return max(0.0, 1 - (1 - d) / rate) if rate > 0 else 0.0
 
 
 @torch.no_grad()
@@ -108,12 +111,14 @@ def train_steps(objective, optimizer, train_x, train_y, p, state, bar, stop, ave
             stopped = True
             break
         batch = mine[state['batch'] * bs:(state['batch'] + 1) * bs]
+        lr = learning_rate(p, first_step + state['batch'], total, state['fall'])
         for group in optimizer.param_groups:
-            group['lr'] = learning_rate(p, first_step + state['batch'], total, state['fall'])
+            group['lr'] = lr
         loss, ok = train_step(objective, optimizer, to_input(train_x[batch], p['binarize'], p['channel']),
                               train_y[batch], p, first_step + state['batch'])
         if averaged is not None:
-            update_average(averaged, objective.parameters(), ema_decay(p, first_step + state['batch']))
+            update_average(averaged, objective.parameters(),
+                           ema_decay(p, first_step + state['batch'], lr / p['learning_rate']))
         in_a_row = (in_a_row + 1) * ~ok
         longest = torch.maximum(longest, in_a_row)
         losses.append(loss)

@@ -128,9 +128,21 @@ def test_each_step_trains_at_the_schedules_rate(monkeypatch):
     assert seen == pytest.approx([training.learning_rate(p, s, 6) for s in range(6)]) and seen[0] == p['learning_rate']
 
 
+def test_the_moving_average_s_horizon_shrinks_in_proportion_to_the_learning_rate():
+    """1 / (1 - decay) is 500 steps at ema=0.998 and the full rate, 250 at half the rate, 5 at 1%, and
+    none (the average is the weights) from 0.2% down to 0; the first steps keep the warm-up rule."""
+    p = {**P, 'ema': 0.998}
+    horizons = [1 / (1 - training.ema_decay(p, 10 ** 6, rate)) for rate in (1.0, 0.5, 0.01)]
+    assert horizons == pytest.approx([500, 250, 5], rel=1e-3)
+    assert [training.ema_decay(p, 10 ** 6, rate) for rate in (0.002, 0.001, 0.0)] == pytest.approx([0, 0, 0], abs=1e-9)
+    assert training.ema_decay(p, 0, 0.5) == 0.0 and training.ema_decay(p, 10, 0.5) == pytest.approx(0.1)
+
+
 def test_the_moving_average_follows_the_weights_after_every_step(monkeypatch):
     """Over two epochs of 3 steps, averaged is decay_s * itself + (1 - decay_s) * the weights after
-    step s, decay_s = min(ema, (1 + s) / (10 + s)), from the initial weights; training is untouched."""
+    step s, from the initial weights, where d_s = min(ema, (1 + s) / (10 + s)) and, in the rate's fall
+    (wsd: the last fifth, here step 5 at 1/1.2 of the rate), decay_s = 1 - (1 - d_s) / rate: the horizon
+    1 / (1 - decay_s) shrinks with the rate. Training is untouched."""
     after, step = [], training.train_step
 
     def recording(objective, *args):
@@ -148,8 +160,8 @@ def test_the_moving_average_follows_the_weights_after_every_step(monkeypatch):
         state = {**training.fresh_state(), 'epoch': epoch, 'order': torch.randperm(24)}
         training.train_steps(Objective(model), optimizer, images, torch.zeros(24, dtype=torch.long), p, state, bar,
                           types.SimpleNamespace(received=None), averaged)
-    decays = [training.ema_decay(p, s) for s in range(6)]
-    assert decays == pytest.approx([0.1, 2 / 11, 0.25, 0.3, 0.3, 0.3])  # the rule, then ema
+    decays = [training.ema_decay(p, s, training.learning_rate(p, s, 6) / p['learning_rate']) for s in range(6)]
+    assert decays == pytest.approx([0.1, 2 / 11, 0.25, 0.3, 0.3, 1 - 0.7 * 1.2])  # the rule, then ema, then the fall
     for weights, decay in zip(after, decays):
         expected = [decay * e + (1 - decay) * w for e, w in zip(expected, weights)]
     for (name, a), e, w in zip(averaged.named_parameters(), expected, model.parameters()):
