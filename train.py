@@ -34,8 +34,8 @@ params = {
     'z_size': 100,  # dimension of the latent z_t drawn at each glimpse
     'read_N': 6,  # read glimpse is read_N x read_N Gaussian filters (eqs. 19-27)
     'write_N': 10,  # write patch is write_N x write_N (eqs. 28-29); the 2019 code: 6 (docs/recipe.md)
-    'enc_size': 400,  # encoder LSTM units
-    'dec_size': 400,  # decoder LSTM units
+    'enc_size': 256,  # encoder LSTM units (the paper's MNIST model; the 2019 code: 400, docs/recipe.md)
+    'dec_size': 256,  # decoder LSTM units (as enc_size)
     'read_attn': True,  # False: read the whole image and error image (Eq. 17)
     'write_attn': True,  # False: write the whole canvas from a linear layer (Eq. 18)
     'original_layout': False,  # True: the 2019 code's shared attention layer and 0-based grid (for its checkpoints)

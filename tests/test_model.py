@@ -179,7 +179,8 @@ def original_generate(weights, p, noise):
 
 
 def test_original_layout_draws_what_the_original_code_draws():
-    p = {**DEFAULTS, 'T': 4, 'channel': 3, 'write_N': 6, 'original_layout': True}  # the 2019 code's sizes
+    p = {**DEFAULTS, 'T': 4, 'channel': 3, 'write_N': 6, 'original_layout': True,
+         'enc_size': 400, 'dec_size': 400}  # the 2019 code's sizes
     model = DRAWModel(p)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert shapes['encoder.weight_ih'] == (1600, 616) and shapes['fc_write.weight'] == (108, 400)
