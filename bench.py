@@ -4,7 +4,10 @@ key=value are train.py's params and overrides (batch_size=32, T=64, device=cpu, 
 side, the images per second of the training steps below on random binary images of the params' size
 (median and range of the timed windows, after warm-up, the device synchronised at each window's end;
 the variants take turns, so drift hits them alike):
-  2019-style        the 2019 loop's costs: 3 channels, unfused Adam, the loss read every step, fp32
+  2019 code         the 2019 loop at the 2019 code's own sizes (LSTMs of 400 units, write_N 6), the rest as
+                    given: what the original trains (shown where the sizes differ from those timed)
+  2019-style        the 2019 loop's costs at the params' sizes: 3 channels, unfused Adam, the loss read every
+                    step, fp32 (the ratios' base, like for like)
   train.py (fp32)   this repository's step (fused Adam, no per-step sync)
   train.py (bf16)   the same under bf16 autocast, timed only where bf16 is native (what precision=auto uses)
   train.py (..., compiled)  the step compiled by torch.compile, in the precision precision=auto picks
@@ -99,11 +102,16 @@ def make_step(p, device, style):
     return lambda: training.train_step(objective, optimizer, images, None, p)
 
 
+ORIGINAL_SIZES = {'enc_size': 400, 'dec_size': 400, 'write_N': 6}  # the 2019 code's defaults where train.py's differ
+
+
 def variants_planned(p, vs, device, precision, native, compiled):
     """{name: (params, style)} of the steps to time: the 2019 loop, train.py's step in fp32, in bf16 where
     native, compiled (unless compile=false or it cannot compile here), and with each --vs change."""
     plan = {'2019-style': ({**p, 'channel': 3, 'precision': 'fp32'}, '2019'),
             'train.py (fp32)': ({**p, 'precision': 'fp32'}, 'train.py')}
+    if any(p[k] != v for k, v in ORIGINAL_SIZES.items()):
+        plan = {'2019 code': ({**p, **ORIGINAL_SIZES, 'channel': 3, 'precision': 'fp32'}, '2019'), **plan}
     if native:
         plan['train.py (bf16)'] = ({**p, 'precision': 'bf16'}, 'train.py')
     if compiled:
@@ -244,13 +252,14 @@ def main(argv=None):
     gflop = {variant: step_gflop(step, p['batch_size']) for variant, step in variants.items()}
     peak = {variant: peaks['bf16' if variant.startswith('train.py (bf16') else 'fp32'] for variant in variants}
     rates = throughput(variants, p, device, args.windows, args.steps, args.warmup)
-    base = statistics.median(rates['2019-style'])
+    base, original = (statistics.median(rates.get(k, rates['2019-style'])) for k in ('2019-style', '2019 code'))
     print(f"matrix-product peak: {', '.join(f'{k} {v:,.0f} GFLOP/s' for k, v in peaks.items())}")
     print(f"{'training step':<{width}}{'images/s (median)':>18}{'range':>14}{'vs 2019-style':>15}"
-          f"{'GFLOP/image':>13}{'GFLOP/s':>9}{'of peak':>9}")
+          f"{'vs 2019 code':>14}{'GFLOP/image':>13}{'GFLOP/s':>9}{'of peak':>9}")
     for variant, found in rates.items():
         median = statistics.median(found)
-        print(f"{variant:<{width}}{median:>18,.0f}{f'{min(found):,.0f}-{max(found):,.0f}':>14}{median / base:>14.2f}x"
+        print(f"{variant:<{width}}{median:>18,.0f}{f'{min(found):,.0f}-{max(found):,.0f}':>14}"
+              f"{median / base:>14.2f}x{median / original:>13.2f}x"
               f"{gflop[variant]:>13.3g}{gflop[variant] * median:>9,.0f}{gflop[variant] * median / peak[variant]:>9.0%}")
     if device.type == 'cpu':
         print("where a step's time goes (torch.profiler, 3 steps each; matrix products' GFLOP/s and share of peak):")

@@ -113,6 +113,7 @@ def test_bench_prints_the_side_by_side_table(tmp_path):
     rows = {line.split('  ')[0]: line.split() for line in speeds.splitlines()}
     native = utils.native_bf16(torch.device('cpu'))
     assert {'2019-style', 'train.py (fp32)'} <= set(rows) and ('train.py (bf16)' in rows) == bool(native)
+    assert float(rows['2019 code'][-3]) > float(rows['2019-style'][-3])  # its own sizes: LSTMs of 400 units
     changed = f"train.py ({'bf16' if native else 'fp32'}, write_N=3,read_N=3)"  # --vs: the same step, other params
     assert float(rows[changed][-3]) != float(rows['train.py (fp32)'][-3])  # its own arithmetic: other sizes
     assert 'train.py (fp32, precision=fp32)' in rows  # a precision it asks for is the one it runs in
