@@ -1,5 +1,5 @@
 """Measure DRAW's training throughput and generation time on this machine:
-    python bench.py [--windows 5] [--steps 10] [--vs K=V[,K=V]] [key=value ...]
+    python bench.py [--windows 5] [--steps 10] [--vs K=V[,K=V]] [--keep-subnormals] [key=value ...]
 key=value are train.py's params and overrides (batch_size=32, T=64, device=cpu, ...). Prints, side by
 side, the images per second of the training steps below on random binary images of the params' size
 (median and range of the timed windows, after warm-up, the device synchronised at each window's end;
@@ -23,6 +23,9 @@ its operator calls, and its shares in matrix products, batched ones among them, 
 kernels and everything else, with the products' own GFLOP/s); the time to draw 64 samples and write their PNG
 and GIF (generate.py's work), median of 3; and the time and value of the test bound after each epoch
 on 1,000 images, as train.py computes it and in fp32 one training batch at a time, median of 3.
+Every row computes as the scripts do, with subnormal floats flushed to zero on an x86 CPU (utils.run),
+the 2019 rows too, so they run faster than the 2019 code, which kept them; --keep-subnormals runs every
+row as it did (a CPU's threads take the setting when they start, so one process cannot time both).
 """
 import argparse
 import os
@@ -218,8 +221,12 @@ def main(argv=None):
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps per variant first (default 3)')
     parser.add_argument('--vs', action='append', default=[], metavar='K=V[,K=V]',
                         help="also time train.py's step with these params changed (repeatable)")
+    parser.add_argument('--keep-subnormals', action='store_true',
+                        help='compute with subnormal floats kept, as the 2019 code did (the scripts flush them to zero)')
     parser.add_argument('--compile-only', action='store_true', help=argparse.SUPPRESS)  # compile_seconds' child
     args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if args.keep_subnormals:  # before the first parallel work, so every compute thread inherits it
+        torch.set_flush_denormal(False)
     if min(args.windows, args.steps) < 1 or args.warmup < 0:
         parser.error('--windows and --steps must be at least 1, --warmup at least 0')
     p = utils.apply_overrides(train.params, overrides)
@@ -243,7 +250,8 @@ def main(argv=None):
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
     print(f"{name}; torch {torch.__version__}; T={p['T']}, {p['A']}x{p['B']}, batch {p['batch_size']}, "
           f"read {p['read_N']}, write {p['write_N']}, LSTM {p['enc_size']}/{p['dec_size']}, z {p['z_size']}; "
-          f"{args.windows} windows of {args.steps} steps; train.py trains in {precision} ({why})")
+          f"{args.windows} windows of {args.steps} steps; train.py trains in {precision} ({why}); subnormal floats "
+          f"{'kept (--keep-subnormals)' if args.keep_subnormals else 'flushed to zero, as train.py runs'}")
     if not native:
         print(f"train.py (bf16): not timed, bf16 is not native on {device} (precision=auto uses fp32 here)")
     peaks = {'fp32': peak_gflops(device, torch.float32)}

@@ -34,7 +34,11 @@ class Stopped(Exception):
 
 
 def run(main):
-    """Run a script's main(), turning InputError (exit status 2) and Stopped into one clear line."""
+    """Run a script's main(), turning InputError (exit status 2) and Stopped into one clear line. On an
+    x86 CPU, subnormal floats (below 1.2e-38) are flushed to zero first, before the threads that compute
+    start (they inherit the setting): the filterbanks' softmax (Eqs. 25-26) underflows into that range
+    for the pixels far from a filter, and a CPU handles each such operand in slow microcode (docs/speed.md)."""
+    torch.set_flush_denormal(True)
     try:
         main()
     except InputError as e:

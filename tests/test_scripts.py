@@ -124,6 +124,7 @@ def test_bench_prints_the_side_by_side_table(tmp_path):
     assert refused.returncode == 2 and refused.stderr.strip() == (
         'error: --vs device=cuda:1: every variant runs on the same device; run bench.py once per device.')
     assert native or 'train.py (bf16): not timed, bf16 is not native on cpu' in out.stdout  # and not run
+    assert 'subnormal floats flushed to zero, as train.py runs' in out.stdout  # utils.run, every row
     assert rows['2019-style'][3] == '1.00x' and re.search(r'matrix-product peak: fp32 [\d,]+ GFLOP/s', out.stdout)
     for name in {'2019-style', 'train.py (fp32)', 'train.py (bf16)', changed} & set(rows):
         assert float(rows[name][-3]) > 0 and rows[name][-1].endswith('%')  # GFLOP/image, ..., share of peak

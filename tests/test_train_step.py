@@ -212,3 +212,20 @@ def test_precision_auto_is_bf16_only_where_native(tmp_path, monkeypatch):
         utils.resolve_precision('bf16', cpu)
     monkeypatch.setattr(utils, 'native_bf16', lambda device: 'a CPU with AVX512_BF16')
     assert [utils.resolve_precision(name, cpu)[0] for name in ('auto', 'bf16', 'fp32')] == ['bf16', 'bf16', 'fp32']
+
+
+def test_the_scripts_flush_the_subnormals_that_the_filterbanks_underflow_into():
+    if not torch.set_flush_denormal(False):
+        pytest.skip('this CPU cannot flush subnormal floats to zero (torch.set_flush_denormal needs x86 with SSE3)')
+    model, tiny = DRAWModel(P), torch.finfo(torch.float32).tiny
+    log_f = -torch.arange(120.0).view(1, 1, -1)  # Eq. 25's exponent for pixels ever farther from the filter
+
+    def subnormals():
+        f = model.normalise(log_f)
+        return int(((f > 0) & (f < tiny)).sum())
+    try:
+        assert subnormals() > 10
+        utils.run(lambda: None)
+        assert subnormals() == 0
+    finally:
+        torch.set_flush_denormal(False)
