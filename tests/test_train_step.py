@@ -2,6 +2,8 @@
 bits) against a plain eager step written out."""
 import copy
 import math
+import subprocess
+import sys
 import types
 
 import pytest
@@ -10,6 +12,7 @@ import torch
 import train
 import training
 import utils
+from conftest import ROOT
 from distributed import Objective
 from draw_model import DRAWModel
 
@@ -214,18 +217,19 @@ def test_precision_auto_is_bf16_only_where_native(tmp_path, monkeypatch):
     assert [utils.resolve_precision(name, cpu)[0] for name in ('auto', 'bf16', 'fp32')] == ['bf16', 'bf16', 'fp32']
 
 
+
 def test_the_scripts_flush_the_subnormals_that_the_filterbanks_underflow_into():
     if not torch.set_flush_denormal(False):
         pytest.skip('this CPU cannot flush subnormal floats to zero (torch.set_flush_denormal needs x86 with SSE3)')
-    model, tiny = DRAWModel(P), torch.finfo(torch.float32).tiny
     log_f = -torch.arange(120.0).view(1, 1, -1)  # Eq. 25's exponent for pixels ever farther from the filter
-
-    def subnormals():
-        f = model.normalise(log_f)
-        return int(((f > 0) & (f < tiny)).sum())
-    try:
-        assert subnormals() > 10
-        utils.run(lambda: None)
-        assert subnormals() == 0
-    finally:
-        torch.set_flush_denormal(False)
+    f = DRAWModel(P).normalise(log_f)
+    assert int(((f > 0) & (f < torch.finfo(torch.float32).tiny)).sum()) > 10
+    # in a fresh process, as a script starts: its imports, then utils.run, then work on every thread
+    check = ("import numpy as np, torch, bench, compare, evaluate, generate, train, utils, webpage\n"
+             "x = torch.from_numpy(np.full(10 ** 6, 1e-39, dtype=np.float32))\n"
+             "utils.run(lambda: None)\n"
+             "print(torch.get_num_threads(), int(((x * 1.0) != 0).sum()))")
+    out = subprocess.run([sys.executable, '-c', check], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    threads, left = map(int, out.stdout.split())
+    assert left == 0, f'{left} subnormals kept by some of the {threads} threads'
