@@ -217,7 +217,6 @@ def test_precision_auto_is_bf16_only_where_native(tmp_path, monkeypatch):
     assert [utils.resolve_precision(name, cpu)[0] for name in ('auto', 'bf16', 'fp32')] == ['bf16', 'bf16', 'fp32']
 
 
-
 def test_the_scripts_flush_the_subnormals_that_the_filterbanks_underflow_into():
     if not torch.set_flush_denormal(False):
         pytest.skip('this CPU cannot flush subnormal floats to zero (torch.set_flush_denormal needs x86 with SSE3)')
