@@ -40,6 +40,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import compiling
+import config
 import distributed
 import figures
 import train
@@ -121,8 +122,8 @@ def variants_planned(p, vs, device, precision, native, compiled):
         plan[f'train.py ({precision}, compiled)'] = ({**p, 'precision': precision}, 'compiled')
     for change in vs:
         try:
-            other = utils.apply_overrides(p, change.split(','))
-            utils.check_params(other)
+            other = config.apply_overrides(p, change.split(','))
+            config.check_params(other)
             if other['device'] != p['device']:
                 raise utils.InputError('every variant runs on the same device; run bench.py once per device.')
             chosen, _ = utils.resolve_precision(other['precision'], device)
@@ -181,13 +182,13 @@ def throughput(variants, p, device, windows, steps, warmup):
 
 
 def generation_seconds(p, device, repeats=3):
-    """Seconds to draw 64 samples and write their PNG grid and GIF, median of repeats."""
+    """Seconds to draw GIF_SAMPLES samples and write their PNG grid and GIF, median of repeats."""
     model = DRAWModel(p).to(device).eval()
     times = []
     with tempfile.TemporaryDirectory() as folder:
         for _ in range(repeats):
             start = time.perf_counter()
-            canvases = model.generate(64)
+            canvases = model.generate(training.GIF_SAMPLES)
             figures.save_grid(canvases[-1], Path(folder) / 'grid.png')
             figures.save_gif([figures.grid(c) for c in canvases], Path(folder) / 'draw.gif')
             times.append(time.perf_counter() - start)
@@ -214,7 +215,8 @@ def test_bound_seconds(p, device, precision, repeats=3):
     return [statistics.median(found) for found in times], bounds
 
 
-def main(argv=None):
+def parse_args(argv):
+    """(bench's flags, train.py's key=value overrides)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--windows', type=int, default=5, help='timed windows per variant (default 5)')
     parser.add_argument('--steps', type=int, default=5, help='training steps per window (default 5)')
@@ -225,12 +227,42 @@ def main(argv=None):
                         help='compute with subnormal floats kept, as the 2019 code did (the scripts flush them to zero)')
     parser.add_argument('--compile-only', action='store_true', help=argparse.SUPPRESS)  # compile_seconds' child
     args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if args.keep_subnormals:  # before the first parallel work, so every compute thread inherits it
-        torch.set_flush_denormal(False)
     if min(args.windows, args.steps) < 1 or args.warmup < 0:
         parser.error('--windows and --steps must be at least 1, --warmup at least 0')
-    p = utils.apply_overrides(train.params, overrides)
-    utils.check_params(p)
+    return args, overrides
+
+
+def print_rates(rates, gflop, peak, width):
+    """The throughput table: each variant's images/s against the 2019 loop's, and its share of the peak."""
+    base = statistics.median(rates['2019-style'])
+    original = statistics.median(rates.get('2019 code', rates['2019-style']))  # the same loop where sizes agree
+    print(f"{'training step':<{width}}{'images/s (median)':>18}{'range':>14}{'vs 2019-style':>15}"
+          f"{'vs 2019 code':>14}{'GFLOP/image':>13}{'GFLOP/s':>9}{'of peak':>9}")
+    for variant, found in rates.items():
+        median = statistics.median(found)
+        print(f"{variant:<{width}}{median:>18,.0f}{f'{min(found):,.0f}-{max(found):,.0f}':>14}"
+              f"{median / base:>14.2f}x{median / original:>13.2f}x"
+              f"{gflop[variant]:>13.3g}{gflop[variant] * median:>9,.0f}{gflop[variant] * median / peak[variant]:>9.0%}")
+
+
+def print_profile(variants, gflop, peak, batch_size, width):
+    """Where each variant's step time goes, by operator kind (torch.profiler)."""
+    print("where a step's time goes (torch.profiler, 3 steps each; matrix products' GFLOP/s and share of peak):")
+    print(f"{'training step':<{width}}{'operator calls':>15}{'products':>10}{'batched':>9}{'fused':>7}"
+          f"{'other':>7}{'GFLOP/s':>9}{'of peak':>9}")
+    for variant, step in variants.items():
+        products, batched, fused, other, calls = time_shares(step)
+        total, rate = products + fused + other, gflop[variant] * batch_size / products
+        print(f"{variant:<{width}}{calls:>15,.0f}{products / total:>10.0%}{batched / total:>9.0%}"
+              f"{fused / total:>7.0%}{other / total:>7.0%}{rate:>9,.0f}{rate / peak[variant]:>9.0%}")
+
+
+def main(argv=None):
+    args, overrides = parse_args(argv)
+    if args.keep_subnormals:  # before the first parallel work, so every compute thread inherits it
+        torch.set_flush_denormal(False)
+    p = config.apply_overrides(train.params, overrides)
+    config.check_params(p)
     device = utils.pick_device(p['device'])
     precision, why = utils.resolve_precision(p['precision'], device)
     torch.manual_seed(p['seed'])
@@ -254,36 +286,18 @@ def main(argv=None):
           f"{'kept (--keep-subnormals)' if args.keep_subnormals else 'flushed to zero, as train.py runs'}")
     if not native:
         print(f"train.py (bf16): not timed, bf16 is not native on {device} (precision=auto uses fp32 here)")
-    peaks = {'fp32': peak_gflops(device, torch.float32)}
-    if native:
-        peaks['bf16'] = peak_gflops(device, torch.bfloat16)
+    peaks = {'fp32': peak_gflops(device, torch.float32), **({'bf16': peak_gflops(device, torch.bfloat16)} if native else {})}
+    print(f"matrix-product peak: {', '.join(f'{k} {v:,.0f} GFLOP/s' for k, v in peaks.items())}")
     gflop = {variant: step_gflop(step, p['batch_size']) for variant, step in variants.items()}
     peak = {variant: peaks['bf16' if variant.startswith('train.py (bf16') else 'fp32'] for variant in variants}
-    rates = throughput(variants, p, device, args.windows, args.steps, args.warmup)
-    base = statistics.median(rates['2019-style'])
-    original = statistics.median(rates.get('2019 code', rates['2019-style']))  # the same loop where sizes agree
-    print(f"matrix-product peak: {', '.join(f'{k} {v:,.0f} GFLOP/s' for k, v in peaks.items())}")
-    print(f"{'training step':<{width}}{'images/s (median)':>18}{'range':>14}{'vs 2019-style':>15}"
-          f"{'vs 2019 code':>14}{'GFLOP/image':>13}{'GFLOP/s':>9}{'of peak':>9}")
-    for variant, found in rates.items():
-        median = statistics.median(found)
-        print(f"{variant:<{width}}{median:>18,.0f}{f'{min(found):,.0f}-{max(found):,.0f}':>14}"
-              f"{median / base:>14.2f}x{median / original:>13.2f}x"
-              f"{gflop[variant]:>13.3g}{gflop[variant] * median:>9,.0f}{gflop[variant] * median / peak[variant]:>9.0%}")
+    print_rates(throughput(variants, p, device, args.windows, args.steps, args.warmup), gflop, peak, width)
     if device.type == 'cpu':
-        print("where a step's time goes (torch.profiler, 3 steps each; matrix products' GFLOP/s and share of peak):")
-        print(f"{'training step':<{width}}{'operator calls':>15}{'products':>10}{'batched':>9}{'fused':>7}"
-              f"{'other':>7}{'GFLOP/s':>9}{'of peak':>9}")
-        for variant, step in variants.items():
-            products, batched, fused, other, calls = time_shares(step)
-            total, rate = products + fused + other, gflop[variant] * p['batch_size'] / products
-            print(f"{variant:<{width}}{calls:>15,.0f}{products / total:>10.0%}{batched / total:>9.0%}"
-                  f"{fused / total:>7.0%}{other / total:>7.0%}{rate:>9,.0f}{rate / peak[variant]:>9.0%}")
+        print_profile(variants, gflop, peak, p['batch_size'], width)
     if compiled:
         print(f"compile time of the step: {cold:.0f} s cold (empty caches), {warm:.0f} s warm (a second process)")
     else:
         print(f"compiled step: not timed ({'compile=false' if p['compile'] == 'false' else compiling.unavailable(device)})")
-    print(f"generation: 64 samples + PNG + GIF in {generation_seconds(p, device):.2f} s (median of 3)")
+    print(f"generation: {training.GIF_SAMPLES} samples + PNG + GIF in {generation_seconds(p, device):.2f} s (median of 3)")
     (ours, fp32), bounds = test_bound_seconds(p, device, precision)
     print(f"the epoch's test bound, 1,000 images: {ours:.2f} s as train.py computes it ({precision}, batches of "
           f"{training.TEST_BATCHES * p['batch_size']}), {fp32:.2f} s in fp32 batches of {p['batch_size']} (median of 3); "

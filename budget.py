@@ -4,15 +4,21 @@ A run with minutes > 0 times its own first steps on this machine and this data, 
 epochs (the test bound and loss plot after each, a checkpoint and a GIF every save_epoch and at the
 end), then fixes the number of steps whose rest ends the run within N minutes of its start. The
 learning rate reaches 0 at the last of them: Li, Yumer and Ramanan (ICLR 2020) found a schedule
-annealed to 0 at the budget's end better than a longer one cut short. Every checkpoint records the
-total, so a resumed run keeps its schedule.
+annealed to 0 at the budget's end better than a longer one cut short. After every epoch the total is
+fitted again to that epoch's costs, so a machine that slows down or speeds up still ends on time. Every
+checkpoint records the total (training.RunState), so a resumed run keeps its schedule.
+
+The training loop (training.train) tells its Budget where it is: epoch_begins, step_ends (True once the
+first steps are timed: then fix), epoch_trained and epoch_tested. Everything else is arithmetic here.
 """
 import math
 import time
 from typing import NamedTuple
 
+import distributed
+import schedules
 import utils
-from dataloader import plural
+from utils import plural
 
 clock = time.perf_counter  # what budgets are timed by (tests put a clock of their own here)
 WARM_STEPS, TIMED_STEPS = 2, 50  # of the first epoch: steps run untimed, then steps timed
@@ -22,7 +28,7 @@ class Costs(NamedTuple):
     """Seconds measured on this machine, for this model and data."""
     step: float  # one training step
     epoch: float  # after each epoch (the last, partial one too): the test bound and the loss plot
-    save: float  # every save_epoch epochs and at the end: a checkpoint and a GIF of 64 samples
+    save: float  # every save_epoch epochs and at the end: a checkpoint and a generation GIF
 
 
 def timed(work):
@@ -39,12 +45,15 @@ def clock_time(seconds):
 
 
 class Budget:
-    """minutes of wall-clock time from start (a clock() reading): how long is left, and how many
-    steps fit in it."""
+    """minutes of wall-clock time from start (a clock() reading): how long is left, how many steps fit
+    in it, and the run's length decided and refitted from the costs measured as it goes."""
 
     def __init__(self, minutes, start):
         self.minutes, self.start, self.deadline = minutes, start, start + 60 * minutes
         self.costs = self.said = None  # as timed at the start (Costs); the total steps the log last gave
+        self.last = None  # the costs of the epoch before (Costs), once one ran steps after the length was fixed
+        self.timer = self.step_seconds = self.began = self.done = self.stepped = None
+        self.warm_end = self.timed_end = None
 
     def left(self):
         return self.deadline - clock()
@@ -52,6 +61,76 @@ class Budget:
     def spent(self):
         return clock() - self.start
 
+    # -- what the training loop tells the budget --------------------------------------------------
+    def epoch_begins(self, state, per_epoch, p):
+        """Before an epoch's steps: refits the length to the epoch before's costs, where there are any;
+        in an epoch whose length is not fixed yet, marks the steps to leave untimed (WARM_STEPS) and to
+        time (TIMED_STEPS). Returns the refit's line for the log, or None."""
+        said = self.refit(state, per_epoch, p) if self.last else None
+        if state.total_steps is None:
+            available = per_epoch - state.batch
+            self.warm_end = state.batch + min(WARM_STEPS, available // 2)
+            self.timed_end = self.warm_end + min(TIMED_STEPS, available - available // 2)
+            self.timer = clock() if self.warm_end == state.batch else None
+        self.began, self.done = clock(), state.batch
+        return said
+
+    def step_ends(self, state):
+        """After each step: True once the timed steps of a run whose length is unfixed are done (fix it now)."""
+        if state.total_steps is not None:
+            return False
+        if state.batch == self.warm_end:
+            self.timer = clock()
+        if state.batch == self.timed_end:
+            self.step_seconds = (clock() - self.timer) / (self.timed_end - self.warm_end)
+        return state.batch == self.timed_end
+
+    def fix(self, state, per_epoch, p, chores):
+        """Fixes state.total_steps from the timed steps and chores, the seconds (after each epoch, at each
+        save) of the work between epochs (measured on rank 0; (0, 0) elsewhere); refuses a budget too
+        short. Returns the line for the log."""
+        self.costs = Costs(self.step_seconds, *chores)
+        state.total_steps = self.said = distributed.rank0s(
+            self.fit(state.batch, self.costs, per_epoch, p['save_epoch']), state.order.device)
+        self.check(state.total_steps, state.batch, self.costs, per_epoch, p)
+        self.began, self.done = clock(), state.batch
+        return self.describe(state.total_steps, self.costs, per_epoch, p, p['batch_size'] * distributed.world())
+
+    def epoch_trained(self, state):
+        """After an epoch's steps, before its test: the seconds a step took since the length was fixed."""
+        self.stepped = (clock() - self.began) / (state.batch - self.done) if state.batch > self.done else None
+        self.began = clock()
+
+    def epoch_tested(self):
+        """After an epoch's test and loss plot: the costs the next epoch's refit fits to."""
+        self.last = self.costs._replace(step=self.stepped, epoch=clock() - self.began) if self.stepped else None
+
+    def refit(self, state, per_epoch, p):
+        """Fits the total steps again, at the start of an epoch, to the costs of the epoch before (the
+        saves as timed at the start); a cosine run keeps its first total. A wsd run whose rate has begun
+        to fall, or whose fall would have begun under the new total, falls from here on linearly from
+        its rate now to 0 at the new total (state.fall, see schedules.learning_rate): the rate never
+        jumps. Moves the total by 1% or more; returns a line where it is 5% or more from the total last
+        said, else None."""
+        done, total = state.step, state.total_steps
+        if p['lr_schedule'] == 'cosine':
+            return None
+        fitted = distributed.rank0s(max(done + 1, self.fit(done, self.last, per_epoch, p['save_epoch'])),
+                                    state.order.device)
+        if abs(fitted - total) < 0.01 * total:
+            return None
+        rate = schedules.learning_rate(p, done, total, state.fall) / p['learning_rate']
+        if p['lr_schedule'] == 'wsd' and (rate < 1 or done > (1 - schedules.WSD_DECAY) * fitted):
+            state.fall = [done, rate]
+        state.total_steps = fitted
+        if abs(fitted - self.said) < 0.05 * self.said:  # the epoch lines show smaller moves in their count
+            return None
+        self.said = fitted
+        return (f"minutes={p['minutes']:g}: {fitted:,} steps now ({fitted / per_epoch:.1f} epochs), from the last "
+                f"epoch's {self.last.step:.3f} s a step and {self.last.epoch:.1f} s of test and plot, to end by "
+                f"{clock_time(60 * p['minutes'])}.")
+
+    # -- arithmetic -------------------------------------------------------------------------------
     def rest(self, total, done, costs, per_epoch, save_epoch):
         """The seconds that the rest of a run of total steps takes once done of them are taken, the work
         after each epoch already finished done: the steps, every later epoch's test and plot, the

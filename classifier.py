@@ -18,6 +18,7 @@ from dataloader import model_inputs
 from utils import InputError
 
 CONFIDENT = 0.9  # a sample counts as recognisable when the classifier gives one class this probability
+SCORED_SAMPLES = 1000  # samples drawn and scored for the sample-quality lines (train.py, evaluate.py's default)
 VERSION = 3  # of the training recipe, in the cache key: 2 added "no character", 3 softened images
 
 

@@ -16,17 +16,18 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+import config
 import utils
 
-# What auto assumes before this machine has compiled the graph once (docs/speed.md): a compiled step
-# saves at least this share of an eager step's time (CPU: bench.py measured 29-32% on the 2-core EPYC,
-# issue 19 reports 43-45% on a 2-core Xeon; CUDA: the launch-bound step replayed as a CUDA graph,
-# not yet measured), and a first (cold) compile
-# of forward and backward costs about COLD_SECONDS + COLD_SECONDS_PER_GLIMPSE * T (the 2-core EPYC:
-# 56-65 s at T=4, 73-87 s at T=8, 204-216 s at T=25). Later runs use the compile time they measured.
+# What compile=auto assumes before this machine has compiled the graph once: a compiled step saves at
+# least SAVED_SHARE of an eager step's time (the least bench.py has measured on this project's CPUs; on
+# CUDA, a guess for the launch-bound step replayed as a CUDA graph), and a first (cold) compile of
+# forward and backward costs about COLD_SECONDS + COLD_SECONDS_PER_GLIMPSE * T. A start that finds the
+# graph in inductor's caches costs WARM_SHARE of a cold one. Later runs use the compile time they
+# recorded. The measurements behind these: docs/speed.md (the compiled step).
 SAVED_SHARE = {'cpu': 0.2, 'cuda': 0.5}
 COLD_SECONDS, COLD_SECONDS_PER_GLIMPSE = 40.0, 7.0
-WARM_SHARE = 0.1  # a start that finds the graph in inductor's caches takes 3-5% of a cold one (6 s after 209 s)
+WARM_SHARE = 0.1
 
 
 def unavailable(device):
@@ -51,7 +52,7 @@ def unavailable(device):
 def cache_key(p, num_classes, device):
     """What identifies a compiled graph in the record of compile times: the class count only where the
     model is conditional (an unconditional model's graph is the same on any data of its size)."""
-    keys = [f'{k}={p[k]}' for k in (*utils.MODEL_KEYS, 'batch_size', 'precision')]
+    keys = [f'{k}={p[k]}' for k in (*config.MODEL_KEYS, 'batch_size', 'precision')]
     classes = [f'classes={num_classes}'] if p['conditional'] else []
     return ' '.join([torch.__version__, device.type, *classes, *keys])
 

@@ -10,7 +10,7 @@ import torch
 
 import devanagari
 import formats
-from utils import InputError, save_cache
+from utils import InputError, plural, save_cache
 
 CACHE_VERSION = 1  # bump when decoding changes, so old caches are rebuilt
 
@@ -165,10 +165,6 @@ def load_data(params, log=print):
         digest.update(t.contiguous().numpy().tobytes())
     return Dataset(train_x, train_y, test_x, test_y, classes, glyphs_of(classes, kind), name, kind,
                    digest.hexdigest()[:16])
-
-
-def plural(n, noun):
-    return f"{n} {noun}{'' if n == 1 else 'es' if noun.endswith('s') else 's'}"
 
 
 def load_trained(params, record, where, log=print):

@@ -152,7 +152,7 @@ class DRAWModel(nn.Module):
     @torch.no_grad()
     def init_canvas(self, mean, eps=1e-3):
         """c_0 := the logit of the data's per-pixel mean (C, B, A), so that the first glimpse starts
-        from the average image: on black-background handwriting a grey c_0 costs ~700 nats that the
+        from the average image: on black-background handwriting a grey c_0 costs hundreds of nats that the
         writes must first cancel with large patches, which makes the loss stiff in the attention
         parameters (docs/recipe.md)."""
         mean = mean.clamp(eps, 1 - eps)

@@ -1,45 +1,53 @@
 """Measure what a DRAW checkpoint learned, on the test split of its own data, or on every image of
 a held-out file or folder (-data, any format the loader reads):
-    python evaluate.py -load_path checkpoint/model_final [-data PATH] [-k 50] [-num_samples 1000] [-weights trained]
+    python evaluate.py -load_path checkpoint/model_final [-data PATH] [-k 50] [-num_samples 1000]
+                       [-weights trained] [-json eval.json]
 prints the negative ELBO in nats per image (reconstruction + KL, and the KL of every glimpse), the
 importance-weighted bound with K samples (Burda et al. 2015, closer to -log p(x)), bits per
 dimension, for a model of several channels (one grey image repeated) both bounds of each channel
 alone, and sample-quality scores from a small CNN (classifier.py) trained on the checkpoint's own
-training split, with the scored images as the real-image ceiling; writes kl_per_glimpse.png. A
+training split, with the scored images as the real-image ceiling; writes kl_per_glimpse.png and, with
+-json, every number printed as one JSON object (shares as fractions; tools/compare.py reads it). A
 checkpoint that records no data (the 2019 code's) is scored by the classifier of the -data file's
 own classes, against its test split; without -data it gets no sample scores.
 """
 import argparse
+import json
 import math
 from pathlib import Path
 
 import torch
 
+import checkpoints
 import classifier
+import config
 import figures
 import train
 import utils
-from dataloader import every_image, listing, load_source, load_trained, model_inputs, of_classes, plural
+from dataloader import every_image, listing, load_source, load_trained, model_inputs, of_classes
+from utils import plural
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(*utils.flag('load_path'), required=True, help='checkpoint file, e.g. checkpoint/model_final')
-    parser.add_argument(*utils.flag('data'),
+    parser.add_argument(*config.flag('load_path'), required=True, help='checkpoint file, e.g. checkpoint/model_final')
+    parser.add_argument(*config.flag('data'),
                         help="a held-out dataset to score, every image in it (file or folder, any format "
                              "the loader reads; default: the checkpoint's own test split)")
-    parser.add_argument(*utils.flag('k'), type=int, default=50,
+    parser.add_argument(*config.flag('k'), type=int, default=50,
                         help='importance samples per image for the IWAE bound (default 50)')
-    parser.add_argument(*utils.flag('num_samples'), type=int, default=1000,
-                        help='generated samples scored by the classifier (default 1000; 0 skips the scores)')
-    parser.add_argument(*utils.flag('out_dir'), default='images',
+    parser.add_argument(*config.flag('num_samples'), type=int, default=classifier.SCORED_SAMPLES,
+                        help=f'generated samples scored by the classifier (default {classifier.SCORED_SAMPLES}; 0 skips the scores)')
+    parser.add_argument(*config.flag('out_dir'), default='images',
                         help='folder for kl_per_glimpse.png (default images/)')
-    parser.add_argument(*utils.flag('seed'), type=int, default=0,
+    parser.add_argument(*config.flag('json'), metavar='PATH',
+                        help='also write every number printed to PATH, as one JSON object')
+    parser.add_argument(*config.flag('seed'), type=int, default=0,
                         help='seed of the posterior and prior samples (default 0)')
-    parser.add_argument(*utils.flag('weights'), choices=('average', 'trained'), default='average',
+    parser.add_argument(*config.flag('weights'), choices=('average', 'trained'), default='average',
                         help="average: the checkpoint's model, the weights' moving average where training kept "
                              "one (ema > 0); trained: the last weights Adam trained (default average)")
-    parser.add_argument(*utils.flag('device'), default='auto', help='auto (CUDA when available), cpu or cuda')
+    parser.add_argument(*config.flag('device'), default='auto', help='auto (CUDA when available), cpu or cuda')
     args = parser.parse_args(argv)
     if args.k <= 0:
         parser.error(f'-k must be a positive number of samples, not {args.k}')
@@ -47,6 +55,8 @@ def parse_args(argv=None):
         parser.error(f'-num_samples must be 0 or more, not {args.num_samples}')
     if not 0 <= args.seed < 2 ** 63:
         parser.error(f'-seed must be an integer from 0 to 2**63 - 1, not {args.seed}')
+    if args.json is not None and Path(args.json).is_dir():
+        parser.error(f'-json {args.json} is a folder; give the file to write, e.g. {Path(args.json) / "eval.json"}')
     return args
 
 
@@ -131,10 +141,10 @@ def classifier_data(params, record, own, source, load_path):
 
 
 def sample_quality(model, params, record, own, source, file, args, device):
-    """The classifier's lines for samples and, as the ceiling, real images: with the classifier of the
-    checkpoint's own data, the -data file's images (file: model inputs, labels) where given, else its
-    test split; with the classifier of the -data file (a checkpoint that records no data), the file's
-    test split, which the classifier did not learn."""
+    """The classifier's lines for samples and, as the ceiling, real images, and their numbers (none where
+    skipped): with the classifier of the checkpoint's own data, the -data file's images (file: model
+    inputs, labels) where given, else its test split; with the classifier of the -data file (a
+    checkpoint that records no data), the file's test split, which the classifier did not learn."""
     held_out = bool(record) and source is not None  # the file's images: none of them trained the classifier
     try:
         data, lines = classifier_data(params, record, own, source, args.load_path)
@@ -144,24 +154,46 @@ def sample_quality(model, params, record, own, source, file, args, device):
             raise utils.InputError(f"only {plural(len(x), 'real image')} to score the samples against; the scores "
                                    f"need 4 or more.")
     except utils.InputError as e:
-        return [f"Sample quality: skipped, {e}"]
+        return [f"Sample quality: skipped, {e}"], {}
     generator = torch.Generator(device).manual_seed(args.seed)
-    lines += classifier.score_lines(classifier.sample_scores(model, clf, x, args.num_samples, generator),
-                                    data.classes, accuracy, 'real (file)' if held_out else 'real test',
-                                    f'the training split of {data.name}')
+    found = classifier.sample_scores(model, clf, x, args.num_samples, generator)
+    trained_on = f'the training split of {data.name}'
+    lines += classifier.score_lines(found, data.classes, accuracy, 'real (file)' if held_out else 'real test',
+                                    trained_on)
+    scores = {'classifier': {'trained_on': trained_on, 'accuracy': accuracy, 'classes': list(data.classes)},
+              'real_images': 'the -data file' if held_out else 'the test split',
+              **{key: {k: v for k, v in found[key].items() if k != 'predicted'} for key in ('samples', 'real')}}
+    if 'per_class' in found:
+        scores['per_class'] = dict(zip(data.classes, found['per_class']))
     if held_out and (y >= 0).any():
         right = (classifier.apply(clf, x[y >= 0]).argmax(1) == y[y >= 0]).double().mean().item()
         lines.append(f"  the classifier is {100 * right:.1f}% right on the file's {int((y >= 0).sum())} images "
                      f"of its classes")
-    return lines
+        scores['file_right'] = right
+    return lines, scores
+
+
+def summary(found, args, x, where, scores):
+    """What evaluate.py printed, as one JSON object: the bounds in nats per image (each channel's
+    where there are several) and bits per dimension, and the sample scores where computed (shares as
+    fractions)."""
+    dims = x[0].numel()
+    numbers = {'checkpoint': args.load_path, 'weights': args.weights, 'images': where, 'count': len(x),
+               'dimensions': dims, 'k': args.k, 'negative_elbo': found['elbo'], 'reconstruction': found['recon'],
+               'kl': found['kl'], 'iwae': found['iwae'], 'bits_per_dim': found['elbo'] / dims / math.log(2),
+               'iwae_bits_per_dim': found['iwae'] / dims / math.log(2), 'kl_per_glimpse': found['kl_t']}
+    if x.shape[1] > 1:
+        numbers['per_channel'] = [{'negative_elbo': elbo, 'iwae': iwae} for elbo, iwae in found['channels']]
+    return {**numbers, **scores}
 
 
 def main(argv=None):
     args = parse_args(argv)
     device = utils.pick_device(args.device, '-device {}')
-    model, params, ckpt = utils.load_model(args.load_path, device,
+    model, params, ckpt = checkpoints.load_model(args.load_path, device,
                                            'training_model' if args.weights == 'trained' else 'model')
     out = utils.writable_dir(args.out_dir, '-out_dir')  # before any work
+    json_path = args.json and utils.writable_dir(Path(args.json).parent, '-json') / Path(args.json).name
     params = {**train.params, **params}  # 2019 checkpoints name no data settings: the defaults
     classes = ckpt.get('classes') or []
     source = None if args.data is None else load_source(params, args.data)
@@ -179,8 +211,13 @@ def main(argv=None):
     path = out / 'kl_per_glimpse.png'
     figures.plot_kl(path, found['kl_t'], f"{Path(args.load_path).name}: KL per glimpse, {found['kl']:.1f} nats in all")
     print(f"  wrote {path}")
+    scores = {}
     if args.num_samples:
-        print('\n'.join(sample_quality(model, params, ckpt.get('data'), own, source, (x, y), args, device)))
+        lines, scores = sample_quality(model, params, ckpt.get('data'), own, source, (x, y), args, device)
+        print('\n'.join(lines))
+    if json_path:
+        utils.write_atomic(json_path, (json.dumps(summary(found, args, x, where, scores), indent=1) + '\n').encode())
+        print(f"wrote {json_path}")
 
 
 if __name__ == '__main__':

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
+import checkpoints
 import classifier
+import config
 import figures
 import train
 import utils
@@ -29,31 +31,31 @@ from dataloader import checkpoint_glyphs, load_data_for, load_trained, select_cl
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(*utils.flag('load_path'), required=True, help='checkpoint file, e.g. checkpoint/model_final')
-    parser.add_argument(*utils.flag('num_output'), type=int, default=36, help='number of images to draw (default 36)')
-    parser.add_argument(*utils.flag('t'), type=int, default=None, help="glimpses to draw (default: the checkpoint's T)")
-    parser.add_argument(*utils.flag('out_dir'), default='images', help='folder for the outputs (default images/)')
-    parser.add_argument(*utils.flag('seed'), type=int, default=None,
+    parser.add_argument(*config.flag('load_path'), required=True, help='checkpoint file, e.g. checkpoint/model_final')
+    parser.add_argument(*config.flag('num_output'), type=int, default=36, help='number of images to draw (default 36)')
+    parser.add_argument(*config.flag('t'), type=int, default=None, help="glimpses to draw (default: the checkpoint's T)")
+    parser.add_argument(*config.flag('out_dir'), default='images', help='folder for the outputs (default images/)')
+    parser.add_argument(*config.flag('seed'), type=int, default=None,
                         help='noise seed, for repeatable draws (default: random)')
-    parser.add_argument(*utils.flag('device'), default='auto', help='auto (CUDA when available), cpu or cuda')
+    parser.add_argument(*config.flag('device'), default='auto', help='auto (CUDA when available), cpu or cuda')
     which = parser.add_mutually_exclusive_group()
-    which.add_argument(*utils.flag('char'), help="conditional models: the class to draw, e.g. character_01_ka, ka "
+    which.add_argument(*config.flag('char'), help="conditional models: the class to draw, e.g. character_01_ka, ka "
                                                  "or क (comma-separated for several)")
-    which.add_argument(*utils.flag('label'), type=int, help='conditional models: the class to draw, by index')
-    which.add_argument(*utils.flag('per_class'), type=int,
+    which.add_argument(*config.flag('label'), type=int, help='conditional models: the class to draw, by index')
+    which.add_argument(*config.flag('per_class'), type=int,
                        help='conditional models: K images of every class, one row each')
-    which.add_argument(*utils.flag('reconstruct'), action='store_true',
+    which.add_argument(*config.flag('reconstruct'), action='store_true',
                        help='redraw real test images instead of sampling')
-    which.add_argument(*utils.flag('html'), metavar='PATH',
+    which.add_argument(*config.flag('html'), metavar='PATH',
                        help='write a web page that draws with this checkpoint in the browser (e.g. draw.html)')
-    parser.add_argument(*utils.flag('data'),
+    parser.add_argument(*config.flag('data'),
                         help='with -reconstruct: the data to redraw (default: the checkpoint\'s own)')
     parser.add_argument('-as', '--as', dest='as_classes', metavar='NAMES',
                         help='with -reconstruct, conditional models: redraw each image as these classes too, '
                              'e.g. ka,kha or all')
-    parser.add_argument(*utils.flag('html_dtype'), choices=tuple(webpage.DTYPES), default='fp16',
+    parser.add_argument(*config.flag('html_dtype'), choices=tuple(webpage.DTYPES), default='fp16',
                         help="with -html: the weights' precision in the page (default fp16, half the size)")
-    parser.add_argument(*utils.flag('show_attention'), action='store_true',
+    parser.add_argument(*config.flag('show_attention'), action='store_true',
                         help='draw the write window of every glimpse')
     args = parser.parse_args(argv)
     for flag in ('num_output', 't', 'per_class'):
@@ -160,7 +162,7 @@ def frames_of(canvases, windows, x=None, ncol=None):
 def main(argv=None):
     args = parse_args(argv)
     device = utils.pick_device(args.device, '-device {}')
-    model, params, ckpt = utils.load_model(args.load_path, device)
+    model, params, ckpt = checkpoints.load_model(args.load_path, device)
     if args.html:
         return write_page(model, ckpt, args)
     out = utils.writable_dir(args.out_dir, '-out_dir')  # before any work

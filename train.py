@@ -9,14 +9,18 @@ from pathlib import Path
 import torch
 
 import budget
+import checkpoints
 import classifier
 import compiling
+import config
 import distributed
 import figures
 import utils
-from dataloader import load_data, mean_image, model_inputs, plural, to_input
+import training
+from dataloader import load_data, mean_image, model_inputs, to_input
 from draw_model import DRAWModel
-from training import fresh_state, log, restore, run_epochs, run_length
+from training import log
+from utils import plural
 
 params = {
     # data
@@ -78,7 +82,7 @@ def prepare_data(p, device):
                                f"model needs labelled data with at least two classes.")
     fixed = torch.Generator().manual_seed(p['seed'])
     test_x = model_inputs(data.test_x, p).to(device)
-    sample = data.train_x[torch.randperm(len(data.train_x), generator=fixed)[:64]]
+    sample = data.train_x[torch.randperm(len(data.train_x), generator=fixed)[:training.GIF_SAMPLES]]
     if distributed.rank() == 0:
         figures.save_grid(to_input(sample, p['binarize'], p['channel'], fixed), Path(p['image_dir']) / 'Training_Data.png')
     return data, (data.train_x.to(device), data.train_y.to(device)), (test_x, data.test_y.to(device))
@@ -101,22 +105,22 @@ def configure(argv):
     if {'-h', '--help'} & set(argv):
         print(usage())
         sys.exit(0)
-    p, given = utils.apply_overrides(params, argv), {arg.partition('=')[0] for arg in argv}
+    p, given = config.apply_overrides(params, argv), {arg.partition('=')[0] for arg in argv}
     if {'minutes', 'epoch_num'} <= given and p['minutes']:
         raise utils.InputError(f"minutes={p['minutes']:g} and epoch_num={p['epoch_num']}: give one of them (minutes "
                                f"fits the steps to a time, epoch_num counts passes over the data).")
     ckpt = None
     if p['resume']:
-        ckpt = utils.read_checkpoint(p['resume'])
+        ckpt = checkpoints.read_checkpoint(p['resume'])
         if 'rng' not in ckpt:
             raise utils.InputError(f"{p['resume']}: holds no training state (not written by this train.py); "
                                    f"generate.py can draw from it, but training cannot resume from it.")
         # files from before the recipe keys trained without them: c_0 = 0 (model_params), no warm-up, no free
         # bits, a constant learning rate (their own learning_rate is in their params), no moving average
         saved = {**params, 'kl_warmup': 0, 'free_bits': 0.0, 'lr_schedule': 'constant', 'ema': 0.0,
-                 **{k: v for k, v in utils.model_params(p['resume'], ckpt).items() if k in params}}
-        p = utils.apply_overrides({**saved, 'resume': p['resume']}, argv)
-        changed = [f"{k}={p[k]!r} (checkpoint: {saved[k]!r})" for k in utils.MODEL_KEYS if p[k] != saved[k]]
+                 **{k: v for k, v in checkpoints.model_params(p['resume'], ckpt).items() if k in params}}
+        p = config.apply_overrides({**saved, 'resume': p['resume']}, argv)
+        changed = [f"{k}={p[k]!r} (checkpoint: {saved[k]!r})" for k in config.MODEL_KEYS if p[k] != saved[k]]
         if changed:
             raise utils.InputError(f"{p['resume']}: a resumed run keeps the model it saved; remove "
                                    f"{', '.join(changed)}.")
@@ -126,14 +130,16 @@ def configure(argv):
                 f"{p['resume']}: a resumed run keeps its length: " + (
                     f"the {total:,} steps that minutes={saved['minutes']:g} fixed; remove minutes= and epoch_num=."
                     if total else f"epoch_num={saved['epoch_num']} (raise it to train on); remove minutes=."))
-        if total and ckpt.get('epoch', 0) >= p['epoch_num'] and not ckpt.get('batch'):
+        finished = ckpt['step'] >= total if total and 'step' in ckpt else \
+            ckpt.get('epoch', 0) >= p['epoch_num'] and not ckpt.get('batch')  # older files: epoch_num as fixed
+        if finished and total:
             raise utils.InputError(f"{p['resume']}: finished the {total:,} steps that minutes={p['minutes']:g} "
                                    f"fixed; nothing to do. To train longer, start a new run.")
-        if ckpt.get('epoch', 0) >= p['epoch_num'] and not ckpt.get('batch'):
+        if finished:
             raise utils.InputError(f"{p['resume']}: finished epoch {ckpt['epoch']} of epoch_num={p['epoch_num']}; "
                                    f"nothing to do. To train on, raise epoch_num, e.g. resume={p['resume']} "
                                    f"epoch_num={ckpt['epoch'] + 10}.")
-    utils.check_params(p)
+    config.check_params(p)
     return p, ckpt
 
 
@@ -142,7 +148,7 @@ def sample_scorer(data, train, test, p):
     clf, accuracy = classifier.of_data(data, train, test, p)
     noise = torch.Generator(test[0].device)
     return lambda model: classifier.score_lines(
-        classifier.sample_scores(model, clf, test[0], 1000, noise.manual_seed(p['seed'])), data.classes, accuracy)
+        classifier.sample_scores(model, clf, test[0], classifier.SCORED_SAMPLES, noise.manual_seed(p['seed'])), data.classes, accuracy)
 
 
 def main(argv=None):
@@ -166,34 +172,27 @@ def train_on(p, ckpt, device, start):
         model.init_canvas(mean_image(train[0], p))
     optimizer = torch.optim.Adam(model.parameters(), lr=p['learning_rate'], betas=(p['beta1'], 0.999), fused=True)
     averaged = copy.deepcopy(model).requires_grad_(False) if p['ema'] else None
-    state = restore(model, optimizer, ckpt, train[0], averaged) if ckpt else fresh_state()
-
-    def save(name):  # 'model' is what generate.py and evaluate.py load: the average, when kept
-        path = Path(p['checkpoint_dir']) / name
-        training = {} if averaged is None else {'training_model': model.state_dict()}
-        if distributed.rank() == 0:
-            utils.save_checkpoint(path, model if averaged is None else averaged, optimizer, p, **state, **training,
-                                  classes=data.classes, glyphs=data.glyphs, data=data.record(p), rng=utils.rng_state())
-        return path
-
-    resumed = f", resuming after epoch {state['epoch']} step {state['batch']}" if ckpt else ''
+    run = training.Run(model, averaged, optimizer, training.RunState())
+    if ckpt:
+        run.restore(ckpt, training.steps_per_epoch(len(train[0]), p['batch_size']), train[0])
+    state = run.state
+    resumed = f", resuming after epoch {state.epoch} step {state.batch}" if ckpt else ''
     processes = f" in each of {distributed.world()} processes" if distributed.world() > 1 else ''
     length = plural(p['epoch_num'], 'epoch')
     if p['minutes']:  # a resumed budget run keeps the steps it fixed
-        length = f"{state['total_steps']:,} steps (as minutes={p['minutes']:g} fixed)" if state['total_steps'] \
+        length = f"{state.total_steps:,} steps (as minutes={p['minutes']:g} fixed)" if state.total_steps \
             else f"{p['minutes']:g} minutes"
     log(f"Training on {device} in {precision} ({why}): {sum(w.numel() for w in model.parameters()):,} parameters, "
         f"{length} of {len(train[0])} images, batch {p['batch_size']}{processes}{resumed}.")
     if distributed.world() > 1:
         torch.manual_seed(p['seed'] + distributed.rank())  # each process its own noise; the order is rank 0's
     p = {**p, 'precision': precision}
-    plan = budget.Budget(p['minutes'], start) if p['minutes'] else None
+    plan = budget.Budget(p['minutes'], start) if p['minutes'] and not state.total_steps else None
     objective = step_objective(model, train, p, state, len(data.classes), plan)
     scorer = sample_scorer(data, train, test, p) if p['sample_scores'] and distributed.rank() == 0 else None
-    run_epochs(model, objective, optimizer, train, test, p, state, save, scorer, averaged, plan)
-    path = save('model_final')
+    path = training.train(run, objective, data, train, test, p, start, plan, scorer)
     log(f"Saved {path}, {budget.clock_time(budget.clock() - start)} after the start. "
-        f"Draw with: python generate.py -load_path {path} -num_output 64")
+        f"Draw with: python generate.py -load_path {path} -num_output {training.GIF_SAMPLES}")
 
 
 def step_objective(model, train, p, state, num_classes, plan=None):
@@ -201,17 +200,15 @@ def step_objective(model, train, p, state, num_classes, plan=None):
     steps left win back the compile time, from an eager step timed on the first batch; in a minutes=N
     run, the steps that its plan's time left would hold eager), in DDP under torchrun."""
     train_x, train_y = train
-    objective = distributed.Objective(model)
-    bs, shard = p['batch_size'], len(distributed.shard(torch.arange(len(train_x))))
-    per_epoch = -(-shard // bs)
-    total = run_length(p, state, per_epoch)
+    objective, bs = distributed.Objective(model), p['batch_size']
+    total = state.total(p, training.steps_per_epoch(len(train_x), bs))
     # the steps left to compile: none where every batch is smaller than batch_size (those run eager)
-    steps = 0 if shard < bs else total - state['epoch'] * per_epoch - state['batch'] if total else None
+    steps = 0 if len(train_x) // distributed.world() < bs else None if total is None else total - state.step
     x, y = to_input(train_x[:bs], p['binarize'], p['channel']), train_y[:bs]
     key, record = compiling.cache_key(p, num_classes, train_x.device), compiling.Record(p['cache_dir'])
     timing = p['compile'] == 'auto' and steps != 0
     seconds = compiling.eager_step_seconds(objective, x, y, p['precision']) if timing else 0
-    if steps is None:  # a minutes=N run's, before it is fixed
+    if steps is None:  # a minutes=N run's, before its length is fixed
         steps = int(max(0.0, plan.left()) / seconds) if seconds else 1
     chosen, why = compiling.decide(p['compile'], train_x.device, steps, seconds, p['T'], record.get(key))
     chosen = bool(distributed.rank0s(chosen, train_x.device)) and steps > 0

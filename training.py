@@ -1,26 +1,31 @@
 """DRAW's training loop, as train.py runs it: the step (the warmed-up, free-bits objective, clipping,
-fused Adam, the weights' moving average), the learning-rate and KL-weight schedules, epochs over the
-data with their test bound, GIFs and checkpoints, a minutes=N run's length fixed from its measured
-speed (budget.py), and the training state that checkpoints keep for an exact resume."""
+fused Adam, the weights' moving average), epochs over the data with their test bound, metrics, GIFs and
+checkpoints, and the run's state (RunState) that checkpoints keep for an exact resume. The schedules
+along the run are in schedules.py; a minutes=N run's length is decided by its budget.Budget."""
 import io
+import json
 import math
 import signal
 import tempfile
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 import budget
+import checkpoints
 import distributed
 import figures
+import schedules
 import utils
 from dataloader import to_input
 
 LOG_EVERY = 20  # steps between reads of the loss from the device (progress bar, non-finite check)
 TEST_BATCHES = 4  # the test bound's batches, in training batches
-WSD_DECAY = 0.2  # lr_schedule=wsd: the share of the last steps over which the rate falls to 0
+GIF_SAMPLES = 64  # samples in each generation GIF
+METRICS = 'metrics.jsonl'  # in checkpoint_dir: one JSON object per epoch, per length fixed or refitted, and at the end
 
 
 def log(message):
@@ -28,37 +33,278 @@ def log(message):
         print(message)
 
 
-def kl_weight(p, step):
-    """The KL's weight in the training objective at step, counted from 0 over the whole run: a linear
-    warm-up over kl_warmup steps, then 1."""
-    return min(1.0, (step + 1) / p['kl_warmup']) if p['kl_warmup'] else 1.0
+def steps_per_epoch(images, batch_size):
+    """The steps of one epoch in each process: its shard of images (distributed.shard) in batches, the
+    last one smaller."""
+    return math.ceil(images // distributed.world() / batch_size)
 
 
-def learning_rate(p, step, total, fall=None):
-    """The step size of step (from 0) of a run of total steps, by lr_schedule: wsd, learning_rate held,
-    then falling linearly to 0 over the last WSD_DECAY of the steps (warm-up, stable, decay, here without
-    the warm-up: Hu et al. 2024, Hägele et al. 2024), or, from step d of a fall = (d, r) that a minutes=N
-    run's refit_length set, linearly from r * learning_rate at d to 0 at total; cosine, along a half
-    cosine from step 0 to 0 at the end (Loshchilov and Hutter 2017, SGDR without restarts); or constant.
-    Where total is not yet known (a minutes=N run timing its first steps), the schedule's start."""
-    if p['lr_schedule'] == 'constant' or total is None:
-        return p['learning_rate']
-    if p['lr_schedule'] == 'wsd':
-        if fall and step >= fall[0]:
-            d, r = fall
-            return p['learning_rate'] * r * (total - min(step, total)) / (total - d)
-        return p['learning_rate'] * min(1.0, (total - min(step, total)) / (WSD_DECAY * total))
-    return p['learning_rate'] * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+@dataclass
+class RunState:
+    """Where a run stands: every checkpoint saves it (as top-level keys) and a resume restores it."""
+    epoch: int = 0  # epochs finished
+    batch: int = 0  # steps done in the epoch under way
+    step: int = 0  # steps done in the whole run
+    order: torch.Tensor | None = None  # the shuffle of the epoch under way (None between epochs)
+    losses: list = field(default_factory=list)  # the train loss of every finite step
+    test_bounds: list = field(default_factory=list)  # after every epoch
+    skipped: int = 0  # non-finite steps skipped
+    bad_in_a_row: int = 0  # the non-finite steps that end the run so far
+    total_steps: int | None = None  # the length a minutes=N run fixed; None: epoch_num epochs
+    fall: list | None = None  # [step, rate]: where a refit restarted the wsd rate's fall (schedules.learning_rate)
+
+    def total(self, p, per_epoch):
+        """The steps of the whole run: what minutes=N fixed, or epoch_num epochs (None while timing)."""
+        return self.total_steps or (None if p['minutes'] else p['epoch_num'] * per_epoch)
+
+    def epochs(self, p, per_epoch):
+        """The epochs of the whole run, the last one maybe partial (None while timing)."""
+        total = self.total(p, per_epoch)
+        return total and math.ceil(total / per_epoch)
+
+    def epoch_steps(self, p, per_epoch):
+        """The steps of the epoch under way: all of them, or up to the run's last."""
+        total = self.total(p, per_epoch)
+        return per_epoch if total is None else min(per_epoch, total - self.step + self.batch)
+
+    def saved(self):
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def restored(cls, ckpt, per_epoch, train_x):
+        """The state saved in ckpt (files from before RunState lack step, total_steps and fall), its
+        epoch's order on train_x's device; refused where the interrupted epoch ran over other data."""
+        saved = {f.name: ckpt[f.name] for f in fields(cls) if f.name not in ('step', 'total_steps', 'fall')}
+        state = cls(**saved, step=ckpt.get('step', ckpt['epoch'] * per_epoch + ckpt['batch']),
+                    total_steps=ckpt.get('total_steps'), fall=ckpt.get('fall'))
+        if state.order is not None:
+            if len(state.order) != len(train_x):
+                raise utils.InputError(f"resume: the interrupted epoch ran over {len(state.order)} images, the data "
+                                       f"now has {len(train_x)}; resume with the data it was trained on.")
+            state.order = state.order.to(train_x.device)
+        return state
 
 
-def ema_decay(p, step, rate=1.0):
-    """The weights' moving average's decay at update step (from 0, over the whole run), whose learning
-    rate is rate times learning_rate: d = ema, or (1 + step) / (10 + step) while that is less
-    (TensorFlow's ExponentialMovingAverage rule), so the average soon forgets the initial weights; its
-    horizon, 1 / (1 - d) steps, shrinks in proportion to the rate as the schedule lowers it, so the
-    average lags the annealed weights no more than it smooths them: max(0, 1 - (1 - d) / rate)."""
-    d = min(p['ema'], (1 + step) / (10 + step))
-    return max(0.0, 1 - (1 - d) / rate) if rate > 0 else 0.0
+@dataclass
+class Run:
+    """What a checkpoint saves and a resume restores: the trained weights, their moving average
+    (None with ema=0), Adam, and the RunState."""
+    model: torch.nn.Module
+    averaged: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    state: RunState
+
+    @property
+    def shown(self):
+        """What is tested, drawn and saved as 'model': the moving average, where kept."""
+        return self.model if self.averaged is None else self.averaged
+
+    def restore(self, ckpt, per_epoch, train_x):
+        """Loads ckpt's training state: weights (its 'training_model', where it kept the average as
+        'model'), the average, Adam, every random generator and the RunState."""
+        try:
+            self.model.load_state_dict(ckpt.get('training_model', ckpt['model']))
+            if self.averaged is not None:
+                self.averaged.load_state_dict(ckpt['model'])
+            saved = ckpt['optimizer']  # its groups' implementation flags (older files: unfused) yield to ours
+            flags = [{k: v for k, v in g.items() if k in ('fused', 'foreach', 'capturable')}
+                     for g in self.optimizer.param_groups]
+            self.optimizer.load_state_dict({**saved, 'param_groups': [{**g, **f} for g, f in
+                                                                      zip(saved['param_groups'], flags)]})
+            moments = [self.optimizer.state.get(w, {}).get('exp_avg') for w in self.model.parameters()]
+            if any(m is not None and m.shape != w.shape for m, w in zip(moments, self.model.parameters())):
+                raise ValueError("its Adam moments' shapes are not its weights'")  # fused Adam would crash on them
+            utils.set_rng_state(ckpt['rng'])
+            self.state = RunState.restored(ckpt, per_epoch, train_x)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise utils.InputError(f"resume: the checkpoint's training state is damaged or does not fit its params "
+                                   f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}).") from None
+
+    def save(self, name, p, data):
+        """The checkpoint checkpoint_dir/name (written by rank 0 only); its path."""
+        path = Path(p['checkpoint_dir']) / name
+        if distributed.rank() == 0:
+            trained = {} if self.averaged is None else {'training_model': self.model.state_dict()}
+            checkpoints.save_checkpoint(path, self.shown, self.optimizer, p, **self.state.saved(), **trained,
+                                        classes=data.classes, glyphs=data.glyphs, data=data.record(p),
+                                        rng=utils.rng_state())
+        return path
+
+
+class Metrics:
+    """checkpoint_dir/metrics.jsonl on rank 0: one JSON object a line (tools/compare.py reads it),
+    started afresh by a new run and appended to by a resumed one."""
+
+    def __init__(self, p, resumed, start):
+        self.path = Path(p['checkpoint_dir']) / METRICS if distributed.rank() == 0 else None
+        if self.path and not resumed:
+            self.path.unlink(missing_ok=True)
+        self.start = start
+
+    def write(self, event, **values):
+        if self.path:
+            line = json.dumps({'event': event, **values, 'elapsed': round(budget.clock() - self.start, 3)})
+            try:
+                with open(self.path, 'a') as f:
+                    f.write(line + '\n')
+            except OSError as e:
+                raise utils.WriteError(self.path, e) from None
+
+
+class NonFinite:
+    """Counts the steps in a row whose loss or gradient is not finite, on the device; read every
+    `every` steps, it stops the run at nonfinite_limit of them."""
+
+    def __init__(self, state, p, device):
+        self.limit, self.every = p['nonfinite_limit'], min(LOG_EVERY, p['nonfinite_limit'])
+        self.in_a_row = torch.tensor(state.bad_in_a_row, device=device)
+        self.longest, self.losses, self.oks = self.in_a_row.clone(), [], []
+
+    def add(self, loss, ok):
+        self.in_a_row = (self.in_a_row + 1) * ~ok
+        self.longest = torch.maximum(self.longest, self.in_a_row)
+        self.losses.append(loss)
+        self.oks.append(ok)
+
+    def read(self, state):
+        """The mean of the recent finite losses (None if none); raises Stopped at the limit."""
+        recent = torch.stack(self.losses[-self.every:])[torch.stack(self.oks[-self.every:])]
+        state.bad_in_a_row = int(self.in_a_row)
+        if self.longest >= self.limit:
+            state.skipped += int((~torch.stack(self.oks)).sum())
+            raise utils.Stopped(f"{int(self.longest)} steps in a row with a non-finite loss or gradient "
+                                f"(epoch {state.epoch + 1}, by step {state.batch}), none applied. "
+                                f"Checkpoints already written are intact; try a lower learning_rate or clip.")
+        return recent.mean().item() if len(recent) else None
+
+    def finite(self, state):
+        """The epoch's finite losses, as floats, kept in state with the count of those skipped."""
+        oks = torch.stack(self.oks) if self.oks else torch.zeros(0, dtype=torch.bool)
+        state.skipped += int((~oks).sum())
+        losses = torch.stack(self.losses)[oks].tolist() if len(oks) else []
+        state.losses += losses
+        return losses
+
+
+def train(run, objective, data, train, test, p, start, plan=None, scorer=None):
+    """Trains run through objective (train.step_objective) on train, (images, labels), from where its
+    state stands to the run's last step: epoch_num epochs, or as many steps as a minutes=N run's plan (a
+    budget.Budget) fits to its deadline; then saves model_final and returns its path. After each epoch:
+    the test bound on test, the loss plot and metrics, and every save_epoch epochs a checkpoint, a GIF and
+    the scores (scorer) of the moving average. On SIGINT or SIGTERM, saves model_interrupted and stops.
+    Under torchrun only rank 0 evaluates and writes. start: the script's start, by budget.clock."""
+    state, (train_x, train_y), bs = run.state, train, p['batch_size']
+    per_epoch, main = steps_per_epoch(len(train_x), bs), distributed.rank() == 0
+    metrics = Metrics(p, state.step > 0, start)
+    with utils.StopSignals() as stop:
+        while state.total(p, per_epoch) is None or state.step < state.total(p, per_epoch):
+            if state.order is None:
+                state.order = distributed.same_everywhere(torch.randperm(len(train_x), device=train_x.device))
+            said = plan.epoch_begins(state, per_epoch, p) if plan else None
+            if said:
+                log(said)
+                metrics.write('length', epoch=state.epoch, total_steps=state.total_steps)
+            began, first, mine = time.perf_counter(), state.batch, distributed.shard(state.order)
+            watch = NonFinite(state, p, train_x.device)
+            with tqdm(total=per_epoch, initial=state.batch, unit='batch', leave=False, disable=None if main else True,
+                      desc=f"epoch {state.epoch + 1}/{state.epochs(p, per_epoch) or '?'}") as bar:
+                run.model.train()
+                while state.batch < state.epoch_steps(p, per_epoch):
+                    if distributed.agree(stop.received, train_x.device, now=(state.batch - first) % watch.every == 0):
+                        watch.finite(state)
+                        interrupted(run, p, data, stop.received)
+                    batch = mine[state.batch * bs:(state.batch + 1) * bs]
+                    rate = schedules.learning_rate(p, state.step, state.total(p, per_epoch), state.fall)
+                    for group in run.optimizer.param_groups:
+                        group['lr'] = rate
+                    watch.add(*train_step(objective, run.optimizer, to_input(train_x[batch], p['binarize'],
+                                                                             p['channel']), train_y[batch], p, state.step))
+                    if run.averaged is not None:
+                        update_average(run.averaged, objective.parameters(),
+                                       schedules.ema_decay(p, state.step, rate / p['learning_rate']))
+                    state.batch, state.step = state.batch + 1, state.step + 1
+                    bar.update(1)
+                    if (state.batch - first) % watch.every == 0 or state.batch == state.epoch_steps(p, per_epoch):
+                        loss = watch.read(state)
+                        bar.set_postfix(loss='non-finite' if loss is None else f'{loss:.1f}',
+                                        **({'left': budget.clock_time(plan.left())} if plan else {}))
+                    if plan and state.total_steps is None:  # timing: each step's loss read, so it has finished
+                        watch.read(state)
+                        if plan.step_ends(state):
+                            log(plan.fix(state, per_epoch, p, chore_seconds(run, test, p, per_epoch, scorer)
+                                         if main else (0, 0)))
+                            metrics.write('length', epoch=state.epoch, total_steps=state.total_steps)
+                            bar.set_description(f"epoch {state.epoch + 1}/{state.epochs(p, per_epoch)}")
+            images = min(len(train_x), state.batch * bs * distributed.world()) - first * bs * distributed.world()
+            end_epoch(run, watch.finite(state), time.perf_counter() - began, images, data, test, p, plan, scorer,
+                      metrics)
+        path = run.save('model_final', p, data)
+    metrics.write('final', path=str(path), epoch=state.epoch, step=state.step)
+    return path
+
+
+def end_epoch(run, losses, seconds, images, data, test, p, plan, scorer, metrics):
+    """After an epoch's steps: on rank 0, the test bound, the epoch line and metrics, the loss plot,
+    and every save_epoch epochs (and after the last) a checkpoint, a GIF and the sample scores."""
+    state, image_dir, per_epoch = run.state, Path(p['image_dir']), steps_per_epoch(len(data.train_x), p['batch_size'])
+    if plan:
+        plan.epoch_trained(state)
+    state.epoch, state.batch, state.order = state.epoch + 1, 0, None
+    if distributed.rank() != 0:
+        if plan:
+            plan.epoch_tested()
+        return
+    run.shown.eval()
+    began = time.perf_counter()
+    bound, recon, kl = epoch_test(run.shown, *test, p)
+    state.test_bounds.append(bound)
+    seconds += time.perf_counter() - began
+    loss, epochs = sum(losses) / max(1, len(losses)), state.epochs(p, per_epoch)
+    left = f', {budget.clock_time(plan.left())} left' if plan else ''
+    skipped = f"  ({state.skipped} non-finite steps skipped so far)" if state.skipped else ''
+    print(f"epoch {state.epoch}/{epochs}  train loss {loss:.2f}  test bound {bound:.2f} nats (reconstruction "
+          f"{recon:.2f} + KL {kl:.2f})  {seconds:.1f} s ({images / seconds:.0f} img/s){left}{skipped}")
+    metrics.write('epoch', epoch=state.epoch, epochs=epochs, step=state.step, train_loss=loss, test_bound=bound,
+                  reconstruction=recon, kl=kl, seconds=round(seconds, 3), images_per_second=round(images / seconds, 1),
+                  left=round(plan.left(), 1) if plan else None, skipped=state.skipped)
+    figures.plot_losses(image_dir / 'Loss_Curve.png', state.losses, per_epoch, state.test_bounds)
+    if plan:
+        plan.epoch_tested()
+    if state.epoch % p['save_epoch'] == 0:
+        run.save(f'model_epoch_{state.epoch}', p, data)
+    if state.epoch % p['save_epoch'] == 0 or state.epoch == epochs:
+        draw_gif(run.shown, p, test[0].device, image_dir / f'draw_epoch_{state.epoch}.gif')
+        if scorer:
+            print('\n'.join(scorer(run.shown)))
+
+
+def interrupted(run, p, data, signum):
+    """Saves model_interrupted and stops with the signal's exit status (under torchrun, another
+    rank's signal reads as SIGTERM)."""
+    path = run.save('model_interrupted', p, data)
+    signum = signum or signal.SIGTERM
+    raise utils.Stopped(f"{signal.Signals(signum).name} at epoch {run.state.epoch + 1}, step {run.state.batch}: "
+                        f"saved {path}. Resume with: python train.py resume={path}", 128 + signum)
+
+
+def chore_seconds(run, test, p, per_epoch, scorer):
+    """(the seconds after each epoch: the test bound, timed on one test batch, and the loss plot; the
+    seconds at each save: a GIF, written to a temporary folder, the sample scores where asked, a
+    checkpoint's bytes), timed now on run.shown with the random generators left as they were; the
+    model is left training."""
+    test_x, test_y = test
+    bs, shown = TEST_BATCHES * p['batch_size'], run.shown
+    with torch.random.fork_rng(devices=[test_x.device] if test_x.device.type == 'cuda' else []), \
+            tempfile.TemporaryDirectory() as folder:
+        shown.eval()
+        epoch = budget.timed(lambda: epoch_test(shown, test_x[:bs], test_y[:bs], p)) * len(test_x) / len(test_x[:bs])
+        epoch += budget.timed(lambda: figures.plot_losses(Path(p['image_dir']) / 'Loss_Curve.png', run.state.losses,
+                                                        per_epoch, run.state.test_bounds))
+        save = budget.timed(lambda: draw_gif(shown, p, test_x.device, Path(folder) / 'timing.gif')) + \
+            budget.timed(lambda: scorer and scorer(shown)) + \
+            budget.timed(lambda: torch.save([shown.state_dict(), run.optimizer.state_dict()], io.BytesIO()))
+    run.model.train()
+    return epoch, save
 
 
 @torch.no_grad()
@@ -75,7 +321,7 @@ def train_step(objective, optimizer, x, y, p, step=0):
     are finite, device tensors. A non-finite step changes nothing: fused Adam skips it on the device
     (its found_inf, as under a GradScaler), moments and step count included."""
     with utils.autocast(x.device, p['precision']):
-        trained, loss = objective(x, y, kl_weight(p, step), p['free_bits'])
+        trained, loss = objective(x, y, schedules.kl_weight(p, step), p['free_bits'])
     optimizer.zero_grad(set_to_none=True)
     trained.backward()
     norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), p['clip'])  # of the averaged gradient
@@ -84,62 +330,6 @@ def train_step(objective, optimizer, x, y, p, step=0):
     optimizer.found_inf = (~ok).float()
     optimizer.step()
     return loss, ok
-
-
-def run_length(p, state, per_epoch):
-    """The number of steps in the whole run: epoch_num epochs, or what a minutes=N run fixed (None
-    while it times its first steps)."""
-    return state['total_steps'] or (None if p['minutes'] else p['epoch_num'] * per_epoch)
-
-
-def train_steps(objective, optimizer, train_x, train_y, p, state, bar, stop, averaged=None, until=None, left=None):
-    """The rest of the epoch: batches state['batch'] onward of this process's shard of state['order'],
-    until the epoch ends, the run's last step, batch until (when given) or a stop signal; after every
-    step the moving average of the weights, averaged (a model, or None), follows them. Losses stay on
-    the device and are read every LOG_EVERY steps (or nonfinite_limit, if fewer), when the progress bar
-    (with the seconds left(), when given) and the non-finite count are brought up to date. Returns this
-    call's losses and whether a stop signal ended it."""
-    bs, losses, oks, mine = p['batch_size'], [], [], distributed.shard(state['order'])
-    per_epoch = -(-len(mine) // bs)
-    first_step, total = state['epoch'] * per_epoch, run_length(p, state, per_epoch)  # in the whole run
-    last = min(per_epoch, per_epoch if until is None else until, total - first_step if total else per_epoch)
-    every = min(LOG_EVERY, p['nonfinite_limit'])  # a run of nonfinite_limit bad steps is seen within as many more
-    in_a_row = torch.tensor(state['bad_in_a_row'], device=train_x.device)
-    longest, stopped = in_a_row.clone(), False
-    while state['batch'] < last:
-        if distributed.agree(stop.received, train_x.device, now=len(losses) % every == 0):
-            stopped = True
-            break
-        batch = mine[state['batch'] * bs:(state['batch'] + 1) * bs]
-        lr = learning_rate(p, first_step + state['batch'], total, state['fall'])
-        for group in optimizer.param_groups:
-            group['lr'] = lr
-        loss, ok = train_step(objective, optimizer, to_input(train_x[batch], p['binarize'], p['channel']),
-                              train_y[batch], p, first_step + state['batch'])
-        if averaged is not None:
-            update_average(averaged, objective.parameters(),
-                           ema_decay(p, first_step + state['batch'], lr / p['learning_rate']))
-        in_a_row = (in_a_row + 1) * ~ok
-        longest = torch.maximum(longest, in_a_row)
-        losses.append(loss)
-        oks.append(ok)
-        state['batch'] += 1
-        bar.update(1)
-        if len(losses) % every == 0 or state['batch'] >= last:
-            recent = torch.stack(losses[-every:])[torch.stack(oks[-every:])]
-            shown = {'left': budget.clock_time(left())} if left else {}
-            bar.set_postfix(loss=f'{recent.mean().item():.1f}' if len(recent) else 'non-finite', **shown)
-            state['bad_in_a_row'] = int(in_a_row)
-            if longest >= p['nonfinite_limit']:
-                state['skipped'] += int((~torch.stack(oks)).sum())
-                raise utils.Stopped(f"{int(longest)} steps in a row with a non-finite loss or gradient "
-                                    f"(epoch {state['epoch'] + 1}, by step {state['batch']}), none applied. "
-                                    f"Checkpoints already written are intact; try a lower learning_rate or clip.")
-    oks = torch.stack(oks) if oks else torch.zeros(0, dtype=torch.bool)
-    state['skipped'] += int((~oks).sum())
-    losses = torch.stack(losses)[oks].tolist() if len(oks) else []
-    state['losses'] += losses
-    return losses, stopped
 
 
 @torch.no_grad()
@@ -162,179 +352,8 @@ def epoch_test(model, test_x, test_y, p):
     return test_bound(model, test_x, test_y, TEST_BATCHES * p['batch_size'], p['precision'])
 
 
-def fresh_state():
-    return {'epoch': 0, 'batch': 0, 'order': None, 'losses': [], 'test_bounds': [], 'skipped': 0, 'bad_in_a_row': 0,
-            'total_steps': None, 'fall': None}
-
-
-def restore(model, optimizer, ckpt, train_x, averaged=None):
-    """The training state saved in ckpt, loaded into model, optimizer, every random generator and
-    averaged (the moving average, when kept: the checkpoint's 'model', whose training weights are
-    then its 'training_model'; it starts at the weights where the checkpoint kept none)."""
-    try:
-        model.load_state_dict(ckpt.get('training_model', ckpt['model']))
-        if averaged is not None:
-            averaged.load_state_dict(ckpt['model'])
-        saved = ckpt['optimizer']  # its groups' implementation flags (unfused before this version) yield to ours
-        flags = [{k: v for k, v in group.items() if k in ('fused', 'foreach', 'capturable')} for group in optimizer.param_groups]
-        optimizer.load_state_dict({**saved, 'param_groups': [{**g, **f} for g, f in zip(saved['param_groups'], flags)]})
-        moments = [optimizer.state.get(w, {}).get('exp_avg') for w in model.parameters()]
-        if any(m is not None and m.shape != w.shape for m, w in zip(moments, model.parameters())):
-            raise ValueError("its Adam moments' shapes are not its weights'")  # fused Adam would crash on them
-        utils.set_rng_state(ckpt['rng'])
-        state = {k: ckpt[k] if k not in ('total_steps', 'fall') else ckpt.get(k) for k in fresh_state()}  # older: none
-    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
-        raise utils.InputError(f"resume: the checkpoint's training state is damaged or does not fit its params "
-                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}).") from None
-    if state['order'] is not None:
-        if len(state['order']) != len(train_x):
-            raise utils.InputError(f"resume: the interrupted epoch ran over {len(state['order'])} images, the data "
-                                   f"now has {len(train_x)}; resume with the data it was trained on.")
-        state['order'] = state['order'].to(train_x.device)
-    return state
-
-
-def run_epochs(model, objective, optimizer, train, test, p, state, save, scorer=None, averaged=None, plan=None):
-    """Epochs state['epoch'] + 1 onward over train and test, (images, labels) each, training model
-    through objective (train.step_objective) for run_length steps in all (the last epoch may be partial);
-    a minutes=N run first fixes that length by its plan (a budget.Budget), see fix_length, then fits it
-    again at the start of every epoch, see refit_length. On SIGINT or SIGTERM, saves model_interrupted
-    and stops. The test bound, the GIFs and the scores are of the weights' moving average, averaged,
-    when there is one. Under torchrun only rank 0 evaluates and writes."""
-    train_x, main = train[0], distributed.rank() == 0
-    shown = model if averaged is None else averaged
-    image_dir, steps = Path(p['image_dir']), -(-(len(train_x) // distributed.world()) // p['batch_size'])
-
-    def epochs():  # in the whole run; None while a minutes=N run times its first steps
-        total = run_length(p, state, steps)
-        return total and -(-total // steps)
-    left = plan.left if plan and not state['total_steps'] else None  # a resumed run has no deadline
-    last = None  # the costs of the epoch before, in a minutes=N run
-    with utils.StopSignals() as stop:
-        while epochs() is None or state['epoch'] < epochs():
-            epoch = state['epoch'] + 1
-            if state['order'] is None:
-                state['order'] = distributed.same_everywhere(torch.randperm(len(train_x), device=train_x.device))
-            if left and last:
-                refit_length(plan, p, state, steps, last)
-            start, first = time.perf_counter(), state['batch']
-            with tqdm(total=steps, initial=state['batch'], unit='batch', desc=f"epoch {epoch}/{epochs() or '?'}",
-                      leave=False, disable=None if main else True) as bar:
-                model.train()
-                run = lambda until: train_steps(objective, optimizer, *train, p, state, bar, stop, averaged,
-                                                until, left)
-                losses, stopped = [], False
-                if epochs() is None:
-                    chores = lambda: chore_seconds(model, shown, test, optimizer, p, state, steps, scorer)
-                    losses, stopped = fix_length(plan, run, p, state, steps, chores)
-                    bar.set_description(f"epoch {epoch}/{epochs()}")
-                if not stopped:
-                    began, done = budget.clock(), state['batch']
-                    more, stopped = run(None)
-                    losses += more
-                    stepped = (budget.clock() - began) / (state['batch'] - done) if state['batch'] > done else None
-            if stopped:
-                path = save('model_interrupted')
-                signum = stop.received or signal.SIGTERM  # under torchrun, another rank's signal
-                raise utils.Stopped(f"{signal.Signals(signum).name} at epoch {epoch}, step {state['batch']}: "
-                                    f"saved {path}. Resume with: python train.py resume={path}", 128 + signum)
-            images = min(len(train_x), state['batch'] * p['batch_size'] * distributed.world()) - \
-                first * p['batch_size'] * distributed.world()
-            state.update(epoch=epoch, batch=0, order=None)
-            if left:  # this epoch's costs, for the next epoch's refit_length (its test and plot on rank 0, below)
-                last = plan.costs._replace(step=stepped) if stepped else None
-            if not main:
-                continue
-            shown.eval()
-            began = budget.clock()
-            bound, recon, kl = epoch_test(shown, *test, p)
-            state['test_bounds'].append(bound)
-            seconds = time.perf_counter() - start
-            skipped = f"  ({state['skipped']} non-finite steps skipped so far)" if state['skipped'] else ''
-            print(f"epoch {epoch}/{epochs()}  train loss {sum(losses) / max(1, len(losses)):.2f}  "
-                  f"test bound {bound:.2f} nats (reconstruction {recon:.2f} + KL {kl:.2f})  {seconds:.1f} s "
-                  f"({images / seconds:.0f} img/s){f', {budget.clock_time(left())} left' if left else ''}{skipped}")
-            figures.plot_losses(image_dir / 'Loss_Curve.png', state['losses'], steps, state['test_bounds'])
-            if last:
-                last = last._replace(epoch=budget.clock() - began)
-            if epoch % p['save_epoch'] == 0:
-                save(f'model_epoch_{epoch}')
-            if epoch % p['save_epoch'] == 0 or epoch == epochs():
-                draw_gif(shown, p, train_x.device, image_dir / f'draw_epoch_{epoch}.gif')
-                if scorer:
-                    print('\n'.join(scorer(shown)))
-
-
 def draw_gif(model, p, device, path):
-    """64 samples of model drawn glimpse by glimpse, as a GIF at path; the same z each time (the seed)."""
+    """GIF_SAMPLES samples of model drawn glimpse by glimpse, as a GIF at path; the same z each time (the seed)."""
     noise = torch.Generator(device).manual_seed(p['seed'])
-    labels = torch.arange(64, device=device) % model.num_classes if p['conditional'] else None
-    figures.save_gif([figures.grid(c) for c in model.generate(64, labels, generator=noise)], path)
-
-
-def fix_length(plan, run, p, state, per_epoch, chores):
-    """Fixes state['total_steps'] of a minutes=N run, in its first epoch, by its plan (a budget.Budget):
-    times budget.TIMED_STEPS steps after budget.WARM_STEPS untimed (run(until) trains to batch until of
-    the epoch), and on rank 0, which does them, the work between epochs (chores() -> seconds after each
-    epoch, seconds at each save). Says what it fixed, and sets p['epoch_num'] to the epochs that spans;
-    returns the steps' losses and whether a stop signal came."""
-    available = per_epoch - state['batch']
-    warm, timed = min(budget.WARM_STEPS, available // 2), min(budget.TIMED_STEPS, available - available // 2)
-    losses, stopped = run(state['batch'] + warm)
-    if stopped:
-        return losses, True
-    started = budget.clock()
-    more, stopped = run(state['batch'] + timed)
-    if stopped:
-        return losses + more, True
-    plan.costs = costs = budget.Costs((budget.clock() - started) / timed,
-                                      *(chores() if distributed.rank() == 0 else (0, 0)))
-    state['total_steps'] = plan.said = distributed.rank0s(plan.fit(state['batch'], costs, per_epoch, p['save_epoch']),
-                                                         state['order'].device)
-    plan.check(state['total_steps'], state['batch'], costs, per_epoch, p)
-    p['epoch_num'] = -(-state['total_steps'] // per_epoch)  # what the checkpoints' params say it spans
-    log(plan.describe(state['total_steps'], costs, per_epoch, p, p['batch_size'] * distributed.world()))
-    return losses + more, False
-
-
-def refit_length(plan, p, state, per_epoch, costs):
-    """Fits the total steps of a minutes=N run again, at the start of an epoch, to the costs of the
-    epoch before (budget.Costs; the saves as timed at the start), so that a machine that slows down or
-    speeds up later still ends the run on time; a cosine run keeps its first total. A wsd run whose rate
-    has begun to fall, or whose fall would have begun under the new total, falls from here on linearly
-    from its rate now to 0 at the new total (state['fall'], see learning_rate): the rate never jumps.
-    Moves the total by 1% or more, and says so where it is 5% or more from the total last said."""
-    done, total = state['epoch'] * per_epoch, state['total_steps']
-    if p['lr_schedule'] == 'cosine':
-        return
-    fitted = distributed.rank0s(max(done + 1, plan.fit(done, costs, per_epoch, p['save_epoch'])), state['order'].device)
-    if abs(fitted - total) < 0.01 * total:
-        return
-    rate = learning_rate(p, done, total, state['fall']) / p['learning_rate']
-    if p['lr_schedule'] == 'wsd' and (rate < 1 or done > (1 - WSD_DECAY) * fitted):
-        state['fall'] = [done, rate]
-    state['total_steps'], p['epoch_num'] = fitted, -(-fitted // per_epoch)
-    if abs(fitted - plan.said) >= 0.05 * plan.said:  # the epoch lines show smaller moves in their count
-        plan.said = fitted
-        log(f"minutes={p['minutes']:g}: {fitted:,} steps now ({fitted / per_epoch:.1f} epochs), from the last epoch's "
-            f"{costs.step:.3f} s a step and {costs.epoch:.1f} s of test and plot, to end by "
-            f"{budget.clock_time(60 * p['minutes'])}.")
-
-
-def chore_seconds(model, shown, test, optimizer, p, state, per_epoch, scorer):
-    """(the seconds after each epoch: the test bound, timed on two batches, and the loss plot; the seconds
-    at each save: a GIF, written to a temporary folder, the sample scores where asked, a checkpoint's
-    bytes), timed now on shown with the random generators left as they were; model is left training."""
-    test_x, test_y = test
-    bs = TEST_BATCHES * p['batch_size']  # one test batch
-    with torch.random.fork_rng(devices=[test_x.device] if test_x.device.type == 'cuda' else []), \
-            tempfile.TemporaryDirectory() as folder:
-        shown.eval()
-        epoch = budget.timed(lambda: epoch_test(shown, test_x[:bs], test_y[:bs], p)) * len(test_x) / len(test_x[:bs])
-        epoch += budget.timed(lambda: figures.plot_losses(Path(p['image_dir']) / 'Loss_Curve.png', state['losses'],
-                                                        per_epoch, state['test_bounds']))
-        save = budget.timed(lambda: draw_gif(shown, p, test_x.device, Path(folder) / 'timing.gif')) + \
-            budget.timed(lambda: scorer and scorer(shown)) + \
-            budget.timed(lambda: torch.save([shown.state_dict(), optimizer.state_dict()], io.BytesIO()))
-    model.train()
-    return epoch, save
+    labels = torch.arange(GIF_SAMPLES, device=device) % model.num_classes if p['conditional'] else None
+    figures.save_gif([figures.grid(c) for c in model.generate(GIF_SAMPLES, labels, generator=noise)], path)

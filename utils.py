@@ -1,7 +1,6 @@
-"""Helpers shared by the scripts: errors, config, devices, precision, random state, atomic writes, checkpoints."""
+"""Helpers shared by the scripts: errors and signals, devices and precision, random state, files written atomically."""
 import errno
 import io
-import math
 import os
 import random
 import re
@@ -13,12 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from draw_model import DRAWModel
-
-
-MODEL_KEYS = ('T', 'A', 'B', 'channel', 'z_size', 'read_N', 'write_N', 'enc_size', 'dec_size',
-              'read_attn', 'write_attn', 'original_layout', 'conditional', 'canvas_bias')
 
 
 class InputError(Exception):
@@ -66,66 +59,6 @@ class StopSignals:
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
             signal.signal(s, handler)
-
-
-# -- configuration ------------------------------------------------------------------------------
-def parse_value(key, text, default):
-    """text cast to the type of default, or an InputError naming the key."""
-    kind = type(default)
-    if kind is bool and text.lower() in ('1', 'true', 'yes', 'on', '0', 'false', 'no', 'off'):
-        return text.lower() in ('1', 'true', 'yes', 'on')
-    if kind is not bool:
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    raise InputError(f"{key}={text!r}: expected {kind.__name__} (default {default!r}).")
-
-
-def check_params(params):
-    """Values out of range fail here, once, naming the key (types are checked by apply_overrides)."""
-    rules = {key: (lambda v: v >= 1, 'at least 1') for key in
-             ('T', 'batch_size', 'A', 'B', 'z_size', 'enc_size', 'dec_size', 'epoch_num', 'save_epoch',
-              'nonfinite_limit')}
-    rules['kl_warmup'] = (lambda v: v >= 0, '0 or more')
-    rules.update({
-        'read_N': (lambda v: v >= 2 or not params['read_attn'], 'at least 2 with read attention'),
-        'write_N': (lambda v: v >= 2 or not params['write_attn'], 'at least 2 with write attention'),
-        'channel': (lambda v: v in (1, 3), '1 (grayscale) or 3 (RGB)'),
-        'learning_rate': (lambda v: 0 < v < math.inf, 'a positive number'),
-        'minutes': (lambda v: 0 <= v < math.inf, 'a number of minutes, 0 or more (0: epoch_num sets the length)'),
-        'beta1': (lambda v: 0 <= v < 1, 'in [0, 1)'),
-        'clip': (lambda v: 0 < v <= math.inf, 'positive (inf turns clipping off)'),
-        'free_bits': (lambda v: 0 <= v < math.inf, 'a number of nats, 0 or more'),
-        'ema': (lambda v: 0 <= v < 1, 'in [0, 1) (0: no moving average)'),
-        'test_split': (lambda v: 0 < v < 1, 'a fraction between 0 and 1'),
-        'seed': (lambda v: 0 <= v < 2 ** 32, 'an integer from 0 to 2**32 - 1'),
-        'binarize': (lambda v: v in ('none', 'threshold', 'sample'), "'none', 'threshold' or 'sample'"),
-        'lr_schedule': (lambda v: v in ('cosine', 'wsd', 'constant'), "'cosine', 'wsd' or 'constant'"),
-        'precision': (lambda v: v in ('auto', 'fp32', 'bf16'), "'auto', 'fp32' or 'bf16'"),
-        'compile': (lambda v: v in ('auto', 'true', 'false'), "'auto', 'true' or 'false'"),
-    })
-    for key, (ok, what) in rules.items():
-        if key in params and not ok(params[key]):
-            raise InputError(f"{key}={params[key]!r}: must be {what}.")
-
-
-def apply_overrides(params, args):
-    """A copy of params with key=value overrides from the command line, type-checked."""
-    params = dict(params)
-    for arg in args:
-        key, sep, text = arg.partition('=')
-        if not sep:
-            raise InputError(f"{arg!r}: overrides are key=value, e.g. epoch_num=1 batch_size=32.")
-        if key not in params:
-            raise InputError(f"unknown key {key!r}; valid keys: {', '.join(params)}.")
-        params[key] = parse_value(key, text, params[key])
-    return params
-
-
-def flag(name):
-    """generate.py's and evaluate.py's spellings of a flag: -name, as the 2019 scripts had it, and --name."""
-    return f'-{name}', f'--{name}'
 
 
 def pick_device(name, setting='device={}'):
@@ -270,79 +203,5 @@ def writable_dir(folder, name):
     return folder
 
 
-def save_checkpoint(path, model, optimizer, params, **extra):
-    """A self-describing checkpoint: weights, optimizer state, params (plain values) and extras."""
-    atomic_save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'params': params, **extra},
-                path)
-
-
-def read_checkpoint(path):
-    """The checkpoint dict at path, loaded without executing code (weights_only), or an InputError."""
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path} is a directory; give the checkpoint file, e.g. checkpoint/model_final.")
-    if not path.is_file():
-        raise InputError(f"{path}: no such checkpoint file.")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path} is empty; it is not a checkpoint.")
-    try:
-        # torch.device is the one non-tensor object the 2019 implementation's checkpoints hold.
-        with torch.serialization.safe_globals([torch.device]):
-            ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        found = re.search(r'GLOBAL ([\w.]+)', str(e))
-        if found:
-            raise InputError(f"{path}: refused, it asks for {found.group(1)}, which is not a tensor or a plain "
-                             f"value (loading it could run code). Only load checkpoints you trust.") from None
-        raise InputError(f"{path}: not a readable checkpoint, it is truncated or another kind of file "
-                         f"({type(e).__name__}).") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model'), dict) \
-            or not isinstance(ckpt.get('params'), dict):
-        raise InputError(f"{path}: not a DRAW checkpoint (expected a dict with 'model' and 'params').")
-    return ckpt
-
-
-def model_params(path, ckpt):
-    """The params that rebuild the checkpoint's model; the 2019 layout is recognised by its
-    single shared attention layer."""
-    params, weights = dict(ckpt['params']), ckpt['model']
-    params.pop('device', None)  # the 2019 files hold a torch.device: never reused
-    params.setdefault('conditional', False)  # older files: unconditional, c_0 = 0
-    params.setdefault('canvas_bias', False)
-    if 'fc_attention.weight' in weights:
-        write_N = params.get('write_N')
-        params.update(read_attn=True, write_attn=True, original_layout=True, canvas_bias=False,
-                      channel=weights['fc_write.weight'].shape[0] // write_N ** 2 if write_N else None)
-    missing = [k for k in MODEL_KEYS if params.get(k) is None]
-    if missing:
-        raise InputError(f"{path}: its params lack {', '.join(missing)}; it was not written by train.py.")
-    wrong = [f'{k}={params[k]!r}' for k in MODEL_KEYS if not isinstance(params[k], int)]
-    if wrong:
-        raise InputError(f"{path}: its params hold {', '.join(wrong)} where whole numbers or booleans belong.")
-    try:
-        check_params(params)
-    except InputError as e:
-        raise InputError(f"{path}: its params hold {e}") from None
-    return params
-
-
-def load_model(path, device, weights='model'):
-    """(model on device in eval mode, params, checkpoint) from a checkpoint file, with its weights
-    of that key: 'model' (the moving average, where training kept one), or 'training_model' (the
-    weights Adam trained, saved beside their average)."""
-    ckpt = read_checkpoint(path)
-    if not isinstance(ckpt.get(weights), dict):
-        raise InputError(f"{path}: holds no {weights} (it was trained with ema=0, or before ema): its model is "
-                         f"the trained weights; score it without -weights trained.")
-    params = model_params(path, ckpt)
-    classes = ckpt.get('classes')
-    if params['conditional'] and not (isinstance(classes, list) and len(classes) >= 2
-                                      and all(isinstance(c, str) for c in classes)):
-        raise InputError(f"{path}: a conditional model, but its list of class names is missing or damaged.")
-    model = DRAWModel(params, len(classes) if params['conditional'] else 0)
-    try:
-        model.load_state_dict(ckpt[weights])
-    except RuntimeError as e:
-        first = str(e).split('\n')[1].strip() if '\n' in str(e) else str(e)
-        raise InputError(f"{path}: its weights do not fit its params ({first}).") from None
-    return model.to(device).eval(), params, ckpt
+def plural(n, noun):
+    return f"{n} {noun}{'' if n == 1 else 'es' if noun.endswith('s') else 's'}"

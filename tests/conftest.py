@@ -88,3 +88,7 @@ def trained_conditional(tmp_path_factory):
     out = run('train.py', 'epoch_num=1', 'conditional=true', *TINY, cwd=work)
     assert out.returncode == 0, out.stderr
     return work
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: starts a subprocess, a compile or a browser (deselect with -m "not slow")')

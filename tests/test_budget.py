@@ -7,6 +7,7 @@ import signal
 import pytest
 
 import budget
+import schedules
 import train
 import training
 import utils
@@ -36,6 +37,7 @@ def clock(tmp_path, monkeypatch):
     yield now
 
 
+@pytest.mark.slow
 def test_fit_takes_the_most_steps_whose_rest_ends_by_the_deadline(monkeypatch):
     """Bisection against counting up, over random costs: steps, a test and plot after every epoch (the
     last partial one too), a checkpoint and GIF every save_epoch epochs and at the end."""
@@ -56,6 +58,7 @@ def test_fit_takes_the_most_steps_whose_rest_ends_by_the_deadline(monkeypatch):
         assert total == expected
 
 
+@pytest.mark.slow
 def test_the_run_fits_its_budget_and_the_rate_falls_to_zero_at_its_last_step(clock, tmp_path, capsys):
     """minutes=0.5 (30 s) on the injected clock: 5 steps timed (5 s) and the timing's test and GIF (2.5 s)
     leave 22.5 s, which hold 18 more steps (18 s), 5 epoch tests (2.5 s) and the final GIF (2 s): 23 steps,
@@ -63,14 +66,15 @@ def test_the_run_fits_its_budget_and_the_rate_falls_to_zero_at_its_last_step(clo
     ckpt = load(train_in(tmp_path, 'minutes=0.5', *BUDGETED) / 'model_final')
     out = capsys.readouterr().out
     assert 'minutes=0.5: 23 steps, 4.6 epochs at 8 img/s' in out and ckpt['total_steps'] == 23
-    assert clock[0] == 30.0 and len(ckpt['losses']) == 23 and ckpt['epoch'] == 5 == ckpt['params']['epoch_num']
+    assert clock[0] == 30.0 and len(ckpt['losses']) == 23 == ckpt['step'] and ckpt['epoch'] == 5
     assert 'epoch 5/5' in out and '0:02 left' in out and 'epoch 6' not in out  # then the final GIF, 2 s
     p = {**train.params, **ckpt['params']}
     last = ckpt['optimizer']['param_groups'][0]['lr']
-    assert p['lr_schedule'] == 'wsd' and last == training.learning_rate(p, 22, 23) == pytest.approx(p['learning_rate'] / 4.6)
-    assert training.learning_rate(p, 23, 23) == 0  # where the fall ends: the end of the last step
+    assert p['lr_schedule'] == 'wsd' and last == schedules.learning_rate(p, 22, 23) == pytest.approx(p['learning_rate'] / 4.6)
+    assert schedules.learning_rate(p, 23, 23) == 0  # where the fall ends: the end of the last step
 
 
+@pytest.mark.slow
 def test_a_run_whose_steps_slow_down_is_fitted_again_and_still_ends_by_its_deadline(clock, tmp_path, capsys, monkeypatch):
     """After the first epoch every step takes 2 s, not the 1 s timed. At epoch 3's start, 10 steps done at
     18.5 s, the 11.5 s left hold 4 more steps, a test and the final GIF: 14 steps in all, not 23, and the
@@ -86,11 +90,13 @@ def test_a_run_whose_steps_slow_down_is_fitted_again_and_still_ends_by_its_deadl
     out = capsys.readouterr().out
     assert 'minutes=0.5: 23 steps' in out and "minutes=0.5: 14 steps now (2.8 epochs), from the last epoch's 2.000 s a " \
         "step and 0.5 s of test and plot, to end by 0:30." in out
-    assert ckpt['total_steps'] == 14 == len(ckpt['losses']) and ckpt['params']['epoch_num'] == 3 and clock[0] == 29.0
+    assert ckpt['total_steps'] == 14 == ckpt['step'] == len(ckpt['losses']) and ckpt['epoch'] == 3 and clock[0] == 29.0
+    assert ckpt['params']['epoch_num'] == train.params['epoch_num']  # the params as given: the length is the state's
     p = {**train.params, **ckpt['params']}
-    assert ckpt['optimizer']['param_groups'][0]['lr'] == training.learning_rate(p, 13, 14) == pytest.approx(2e-3 / 2.8)
+    assert ckpt['optimizer']['param_groups'][0]['lr'] == schedules.learning_rate(p, 13, 14) == pytest.approx(2e-3 / 2.8)
 
 
+@pytest.mark.slow
 def test_a_slowdown_in_the_rate_s_fall_is_fitted_again_and_the_rate_falls_on_from_where_it_was(clock, tmp_path, monkeypatch):
     """minutes=1 (60 s): 48 steps once epoch 1's costs are known, the rate falling from step 38.4. Every
     step after the 36th takes 1.5 s.
@@ -121,6 +127,7 @@ def test_a_slowdown_in_the_rate_s_fall_is_fitted_again_and_the_rate_falls_on_fro
     assert_same_training(straight, resumed)
 
 
+@pytest.mark.slow
 def test_a_resumed_budget_run_keeps_its_steps_and_ends_where_the_uninterrupted_one_ends(clock, tmp_path, monkeypatch):
     straight = load(train_in(tmp_path, 'minutes=0.5', *BUDGETED, out='straight') / 'model_final')
     clock[0], steps, step = 0.0, [0], training.train_step
@@ -145,6 +152,7 @@ def test_a_resumed_budget_run_keeps_its_steps_and_ends_where_the_uninterrupted_o
         train_in(tmp_path, f'resume={interrupted}', 'minutes=5', out='resumed')
 
 
+@pytest.mark.slow
 def test_a_budget_too_short_is_refused_with_the_budget_that_would_do(clock, tmp_path):
     """batch 4: 9 steps an epoch, 7 of them run before the decision (2 untimed, 5 timed; clock 9.5 s
     with the timing's test and GIF). 6 s hold none of the epoch's rest."""

@@ -27,6 +27,7 @@ def batches(n=4):
     return [(torch.rand(8, 1, 12, 12, generator=g) > 0.6).float() for _ in range(n)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('precision, rtol', [('fp32', 1e-4), ('bf16', 2e-2)])
 def test_compiled_steps_follow_eager_steps_within_rounding(precision, rtol):
     """Four steps (KL warm-up, free bits, fused Adam, clipping) through the compiled objective and
@@ -56,6 +57,7 @@ def test_compiled_steps_follow_eager_steps_within_rounding(precision, rtol):
         assert model.loss(batches(1)[0])[0].item() == pytest.approx(runs[0][-1], rel=0.2)  # the ELBO's scale
 
 
+@pytest.mark.slow
 def test_a_compiled_run_resumed_compiled_ends_where_the_uninterrupted_run_ends(tmp_path):
     """Checkpoints hold the plain module's keys (no _orig_mod.), and resume is exact, compiled."""
     from conftest import write_tiny_csv
@@ -67,6 +69,7 @@ def test_a_compiled_run_resumed_compiled_ends_where_the_uninterrupted_run_ends(t
     assert_same_training(final, load(resumed / 'model_final'))
 
 
+@pytest.mark.slow
 def test_a_failing_compiler_leaves_one_line_and_eager_training(monkeypatch, tmp_path, capsys):
     def broken(objective, **options):
         def fail(*args):
@@ -81,6 +84,7 @@ def test_a_failing_compiler_leaves_one_line_and_eager_training(monkeypatch, tmp_
     assert load(straight / 'model_final')['epoch'] == 1
 
 
+@pytest.mark.slow
 def test_without_a_cpp_compiler_training_says_so_and_runs_eager(monkeypatch):
     monkeypatch.setattr(compiling, 'unavailable', lambda device: 'no C++ compiler found (...)')
     cpu = torch.device('cpu')
@@ -89,6 +93,7 @@ def test_without_a_cpp_compiler_training_says_so_and_runs_eager(monkeypatch):
         assert not chosen and why == f'compile={setting}, but no C++ compiler found (...)'
 
 
+@pytest.mark.slow
 def test_auto_compiles_where_the_steps_left_win_back_the_compile_time(monkeypatch):
     monkeypatch.setattr(compiling, 'unavailable', lambda device: None)
     cpu, share = torch.device('cpu'), compiling.SAVED_SHARE['cpu']
@@ -103,6 +108,7 @@ def test_auto_compiles_where_the_steps_left_win_back_the_compile_time(monkeypatc
     assert compiling.decide('true', cpu, 1, 1.0, 25, None) == (True, 'compile=true')
 
 
+@pytest.mark.slow
 def test_the_record_expects_a_warm_start_after_a_cold_one_and_survives_a_damaged_file(tmp_path):
     (tmp_path / 'compile_seconds.json').write_text('{not json')
     record = compiling.Record(tmp_path)

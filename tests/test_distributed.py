@@ -2,12 +2,14 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import distributed
 from conftest import ROOT, TINY, run, write_tiny_csv
 
 
+@pytest.mark.slow
 def test_torchrun_trains_on_shards_and_rank_0_alone_writes(tmp_path):
     work = write_tiny_csv(tmp_path)
     out = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',

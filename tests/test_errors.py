@@ -31,6 +31,7 @@ def bad_checkpoints(tmp_path, good):
             'truncated': 'truncated', 'other_dict': 'not a DRAW checkpoint', 'malicious': 'refused', '.': 'directory'}
 
 
+@pytest.mark.slow
 def test_generate_rejects_bad_checkpoints(trained, tmp_path):
     work, _ = trained
     for name, message in bad_checkpoints(tmp_path, work / 'checkpoint' / 'model_final').items():
@@ -40,6 +41,7 @@ def test_generate_rejects_bad_checkpoints(trained, tmp_path):
     assert not (tmp_path / 'out').exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('change, message', [
     ({'dec_size': 32}, 'weights do not fit its params'),
     ({'read_N': 1}, 'its params hold read_N=1: must be at least 2'),
@@ -55,6 +57,7 @@ def test_checkpoint_whose_params_are_wrong(trained, tmp_path, change, message):
         generate.main(['-load_path', str(tmp_path / 'wrong')])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('args, message', [
     (['-num_output', '0'], '-num_output must be a positive'),
     (['-num_output', '-3'], '-num_output must be a positive'),
@@ -69,6 +72,7 @@ def test_generate_rejects_bad_flags(args, message, capsys):
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('override, message', [
     ('epochs=3', "unknown key 'epochs'; valid keys: dataset, data_path"),
     ('batch_size=big', "batch_size='big': expected int"),
@@ -91,6 +95,7 @@ def test_train_rejects_bad_overrides(override, message, tmp_path):
     assert message in str(error.value)
 
 
+@pytest.mark.slow
 def test_bf16_where_it_is_not_native_is_refused_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(utils, 'native_bf16', lambda device: None)
     with pytest.raises(InputError, match='precision=bf16: cpu has no native bfloat16'):
@@ -99,6 +104,7 @@ def test_bf16_where_it_is_not_native_is_refused_before_any_work(tmp_path, monkey
     assert not (tmp_path / 'images' / 'Training_Data.png').exists()
 
 
+@pytest.mark.slow
 def test_errors_reach_the_user_as_one_line(trained, tmp_path):
     work, _ = trained
     for script, args, message in (
@@ -110,6 +116,7 @@ def test_errors_reach_the_user_as_one_line(trained, tmp_path):
         assert out.stderr.strip().splitlines()[-1].startswith('error: ') and message in out.stderr
 
 
+@pytest.mark.slow
 def test_a_conditional_model_needs_two_classes(tmp_path):
     work = write_tiny_csv(tmp_path)
     out = run('train.py', 'conditional=true', 'classes=ka', 'epoch_num=1', *TINY, cwd=work)
@@ -117,6 +124,7 @@ def test_a_conditional_model_needs_two_classes(tmp_path):
     assert not (work / 'images' / 'Training_Data.png').exists()  # refused before anything is written
 
 
+@pytest.mark.slow
 def test_a_conditional_checkpoint_without_its_classes_is_refused(trained_conditional, tmp_path):
     ckpt = torch.load(trained_conditional / 'checkpoint' / 'model_final', weights_only=True)
     del ckpt['classes']
@@ -126,6 +134,7 @@ def test_a_conditional_checkpoint_without_its_classes_is_refused(trained_conditi
 
 
 # -- a user's first hour --------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize('key', ['checkpoint_dir', 'image_dir'])
 def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path, key):
     (tmp_path / 'taken').write_text('a file')
@@ -137,6 +146,7 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path, ke
     assert not (tmp_path / 'cache').exists()  # no data decoded, nothing trained
 
 
+@pytest.mark.slow
 def test_an_output_folder_without_write_permission_is_refused(tmp_path, monkeypatch):
     real = utils.tempfile.TemporaryFile
 
@@ -150,6 +160,7 @@ def test_an_output_folder_without_write_permission_is_refused(tmp_path, monkeypa
                     f'checkpoint_dir={tmp_path / "checkpoint"}'])
 
 
+@pytest.mark.slow
 def test_out_dir_of_generate_and_evaluate_is_checked_with_its_own_syntax(trained, tmp_path):
     work, _ = trained
     (tmp_path / 'taken').write_text('a file')
@@ -161,6 +172,7 @@ def test_out_dir_of_generate_and_evaluate_is_checked_with_its_own_syntax(trained
             f"folder."]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('given, says', [
     ('nowhere.csv', 'no such file'),
     ('nowhere', 'no such file or folder'),
@@ -175,12 +187,14 @@ def test_a_data_path_that_does_not_exist_is_an_error_not_the_builtin_set(tmp_pat
     assert '~' not in str(error.value)
 
 
+@pytest.mark.slow
 def test_a_given_folder_without_data_is_an_error(tmp_path, monkeypatch):
     (tmp_path / 'mine').mkdir()
     with pytest.raises(InputError, match='data_path .*mine: no data found in this folder'):
         train.main([*TINY, f'data_path={tmp_path / "mine"}'])
 
 
+@pytest.mark.slow
 def test_train_help_lists_every_key_with_its_default_and_meaning(tmp_path):
     for flag in ('--help', '-h'):
         out = run('train.py', flag, cwd=tmp_path)
@@ -192,6 +206,7 @@ def test_train_help_lists_every_key_with_its_default_and_meaning(tmp_path):
         assert not list(tmp_path.iterdir())  # only help: nothing written
 
 
+@pytest.mark.slow
 def test_generate_and_evaluate_errors_speak_their_own_syntax(trained):
     work, _ = trained
     for script in ('generate.py', 'evaluate.py'):
@@ -200,6 +215,7 @@ def test_generate_and_evaluate_errors_speak_their_own_syntax(trained):
         assert 'device=' not in out.stderr
 
 
+@pytest.mark.slow
 def test_resuming_a_finished_run_says_there_is_nothing_to_do(trained):
     work, _ = trained
     final = work / 'checkpoint' / 'model_final'

@@ -1,9 +1,12 @@
 """evaluate.py: its bounds against a likelihood computed by quadrature, the Fréchet distance against
 its closed form, and the script end to end."""
 import contextlib
+import importlib.util
 import io
+import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +18,8 @@ import classifier
 import formats
 import evaluate
 import train
-from conftest import TINY, csv_lines, heads, original_checkpoint, run, shared, write_tiny_csv
+import utils
+from conftest import ROOT, TINY, csv_lines, heads, original_checkpoint, run, shared, write_tiny_csv
 from dataloader import load_data, model_inputs
 from draw_model import DRAWModel
 from train import params as DEFAULTS
@@ -125,6 +129,7 @@ def handwriting(tmp_path_factory):
     return ((model_inputs(data.train_x, DEFAULTS), data.train_y), (model_inputs(data.test_x, DEFAULTS), data.test_y))
 
 
+@pytest.mark.slow
 def test_blobs_blurs_and_noise_are_not_recognisable_but_real_characters_are(handwriting):
     """The failure it guards against: after one epoch the samples were 64 grey blobs, and 7.5% of
     them scored recognisable. Grey rounded blobs are not among the classifier's "no character"
@@ -147,9 +152,11 @@ def test_blobs_blurs_and_noise_are_not_recognisable_but_real_characters_are(hand
         assert share < 0.05, f'{name}: {100 * share:.1f}% recognisable'
 
 
+@pytest.mark.slow
 def test_evaluate_prints_every_number_and_the_kl_plot_and_compare_plots_it(trained):
-    work, train_out = trained
-    out = run('evaluate.py', '-load_path', 'checkpoint/model_final', '-k', '4', '-num_samples', '6', cwd=work)
+    work, _ = trained
+    out = run('evaluate.py', '-load_path', 'checkpoint/model_final', '-k', '4', '-num_samples', '6',
+              '-json', 'checkpoint/eval.json', cwd=work)
     assert out.returncode == 0, out.stderr
     elbo, recon, kl = map(float, re.search(r'negative ELBO\s+(\S+) nats per image \(reconstruction (\S+) \+ KL (\S+)\)',
                                            out.stdout).groups())
@@ -161,19 +168,136 @@ def test_evaluate_prints_every_number_and_the_kl_plot_and_compare_plots_it(train
     assert (work / 'images' / 'kl_per_glimpse.png').is_file()
     assert 'Classifier: trained' in out.stdout and 'recognisable' in out.stdout and 'Frechet' in out.stdout
     share = float(re.search(r'recognisable \(p >= 0.9\)\s+(\S+)%', out.stdout).group(1))
-    minutes, seconds = map(int, re.search(r'Saved \S+, (\d+):(\d\d) after the start', train_out).groups())
-    (work / 'run').mkdir(exist_ok=True)
-    (work / 'run' / 'train.log').write_text(train_out)
-    (work / 'run' / 'eval.log').write_text(out.stdout)
-    plotted = run('compare.py', '-scores', 'tiny=run,run', '-out', 'scores.png', cwd=work)
+    final = json.loads((work / 'checkpoint' / 'metrics.jsonl').read_text().splitlines()[-1])
+    plotted = run('tools/compare.py', '-scores', 'tiny=checkpoint,checkpoint', '-out', 'scores.png', cwd=work)
     assert plotted.returncode == 0 and (work / 'scores.png').is_file(), plotted.stderr
-    assert f"tiny: {share:.1f}% at {minutes + seconds / 60:.1f} min, {share:.1f}%" in plotted.stdout
-    plotted = run('compare.py', 'tiny=run/train.log', '-out', 'bounds.png', cwd=work)
+    assert f"tiny: {share:.1f}% at {final['elapsed'] / 60:.1f} min, {share:.1f}%" in plotted.stdout
+    plotted = run('tools/compare.py', 'tiny=checkpoint/metrics.jsonl', '-out', 'bounds.png', cwd=work)
     assert plotted.returncode == 0 and 'tiny: ' in plotted.stdout and '(2 epochs)' in plotted.stdout
-    missing = run('compare.py', '-scores', 'tiny=run,checkpoint', cwd=work)
-    assert missing.returncode != 0 and 'checkpoint/train.log: cannot read it' in missing.stderr
+    missing = run('tools/compare.py', '-scores', 'tiny=checkpoint,data', cwd=work)
+    assert missing.returncode == 2 and 'data/metrics.jsonl: cannot read it' in missing.stderr
 
 
+@pytest.mark.slow
+def test_evaluate_json_holds_every_number_it_printed(trained, tmp_path, monkeypatch, capsys):
+    """-json PATH: the numbers printed, at full precision (shares as fractions), in a folder made for
+    it; a -json folder that cannot be written is refused before any work."""
+    work, _ = trained
+    monkeypatch.chdir(work)
+    path = tmp_path / 'scores' / 'eval.json'
+    evaluate.main(['-load_path', 'checkpoint/model_final', '-k', '2', '-num_samples', '4', '-out_dir', str(tmp_path),
+                   '-json', str(path)])
+    out, found = capsys.readouterr().out, json.loads(path.read_text())
+    s, r, n = found['samples'], found['real'], len(found['classifier']['classes'])
+    percent = '{:.1f}'.format
+    printed = {r'negative ELBO\s+(\S+) nats per image \(reconstruction (\S+) \+ KL (\S+)\)':
+               [f"{found[key]:.2f}" for key in ('negative_elbo', 'reconstruction', 'kl')],
+               r'IWAE bound, k=2\s+(\S+)': [f"{found['iwae']:.2f}"],
+               r'bits per dimension\s+(\S+) \(ELBO\), (\S+) \(IWAE\)':
+               [f"{found['bits_per_dim']:.4f}", f"{found['iwae_bits_per_dim']:.4f}"],
+               r'KL per glimpse +(.*)': [' '.join(f'{v:.1f}' for v in found['kl_per_glimpse'])],
+               r'\((\S+)% right on the test split\)': [percent(100 * found['classifier']['accuracy'])],
+               r'recognisable \(p >= 0\.9\)\s+(\S+)%\s+(\S+)%': [percent(100 * s['recognisable']),
+                                                                percent(100 * r['recognisable'])],
+               r'no character\s+(\S+)%\s+(\S+)%': [percent(100 * s['no_character']), percent(100 * r['no_character'])],
+               r'classes present\s+(\d+)/(\d+)\s+(\d+)/(\d+)': [str(s['classes']), str(n), str(r['classes']), str(n)],
+               r'class entropy \(nats\)\s+(\S+)\s+(\S+)': [f"{s['entropy']:.3f}", f"{r['entropy']:.3f}"],
+               r'Frechet distance\s+(\S+)\s+(\S+)': [f"{s['frechet']:.2f}", f"{r['frechet']:.2f}"]}
+    for pattern, numbers in printed.items():
+        assert list(re.search(pattern, out).groups()) == numbers, pattern
+    assert (found['count'], found['dimensions'], found['k'], len(found['kl_per_glimpse'])) == (6, 1024, 2, 3)
+    assert out.strip().endswith(f'wrote {path}') and 'per_channel' not in found
+    (tmp_path / 'file').write_text('')
+    with pytest.raises(utils.InputError, match=f'-json {tmp_path / "file"}: cannot write there'):
+        evaluate.main(['-load_path', 'checkpoint/model_final', '-json', str(tmp_path / 'file' / 'eval.json')])
+
+
+
+def load_compare():
+    """tools/compare.py as a module (tools/ is no package)."""
+    spec = importlib.util.spec_from_file_location('compare', ROOT / 'tools' / 'compare.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def epoch(n, bound, seconds, elapsed):
+    """An epoch record of train.py's metrics.jsonl."""
+    return {'event': 'epoch', 'epoch': n, 'epochs': 3, 'step': 10 * n, 'train_loss': bound + 5, 'test_bound': bound,
+            'reconstruction': bound - 20, 'kl': 20.0, 'seconds': seconds, 'images_per_second': 1000.0,
+            'elapsed': elapsed, 'left': None, 'skipped': 0}
+
+
+def write_run(folder, share, elapsed):
+    """A run folder as train.py (checkpoint_dir=folder) and evaluate.py -json leave it: a run interrupted
+    after epoch 3 and resumed from epoch 1's checkpoint, then scored."""
+    folder.mkdir(parents=True)
+    records = [{'event': 'length', 'epoch': 0, 'total_steps': 30, 'epochs': 3.0, 'step_seconds': 0.1,
+                'epoch_seconds': 1.0, 'save_seconds': 0.2, 'elapsed': 5.0},
+               epoch(1, 300.0, 60, 70), epoch(2, 250.0, 60, 131), epoch(3, 240.0, 60, 192),
+               epoch(2, 260.0, 90, 100), epoch(3, 245.0, 90, 191),
+               {'event': 'final', 'path': f'{folder}/model_final', 'epoch': 3, 'step': 30, 'elapsed': elapsed}]
+    (folder / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
+    scored = {'negative_elbo': 245.0, 'samples': {'recognisable': share}}
+    (folder / 'eval.json').write_text(json.dumps(scored, indent=1))
+    return folder
+
+
+def test_compare_plots_the_metrics_and_eval_files_and_names_a_damaged_one(tmp_path, capsys):
+    """Bounds against the epochs' minutes summed (a resumed run's redone epochs replacing the first
+    tries), shares against the final record's elapsed time; each damaged or missing file one InputError
+    naming it, and the line where it is one line of JSON."""
+    compare = load_compare()
+    short, long = write_run(tmp_path / 'short', 0.25, 600.0), write_run(tmp_path / 'long', 0.5, 1500.0)
+    compare.main([f'resumed={short / "metrics.jsonl"}', '-out', str(tmp_path / 'bounds.png')])
+    compare.main(['-scores', f'runs={short},{long}', '-out', str(tmp_path / 'scores.png')])
+    out = capsys.readouterr().out.splitlines()
+    assert [line.strip() for line in out] == ['resumed: 245.00 nats after 4.0 min (3 epochs), best 245.00',
+                                              f'wrote {tmp_path / "bounds.png"}',
+                                              'runs: 25.0% at 10.0 min, 50.0% at 25.0 min',
+                                              f'wrote {tmp_path / "scores.png"}']
+    assert (tmp_path / 'bounds.png').is_file() and (tmp_path / 'scores.png').is_file()
+    damaged, lines = tmp_path / 'damaged', (short / 'metrics.jsonl').read_text().splitlines()
+    scores, bounds = ['-scores', f'runs={short},{damaged}'], [str(damaged / 'metrics.jsonl')]
+    for name, text, args, message in [
+            ('metrics.jsonl', '\n'.join(lines[:2] + ['{"event": "epoch", "epo']), bounds,
+             'metrics.jsonl, line 3: not valid JSON (Unterminated string starting at); the file is damaged.'),
+            ('metrics.jsonl', '\n'.join(lines[:2] + ['[1, 2]']), bounds,
+             'metrics.jsonl, line 3: a JSON list, not an object; the file is damaged.'),
+            ('metrics.jsonl', '\n'.join(lines).replace('"test_bound"', '"bound"', 1), bounds,
+             "metrics.jsonl, line 2: an epoch record without a number 'test_bound'."),
+            ('metrics.jsonl', '\n'.join(lines[:-1]), scores,
+             "metrics.jsonl: no 'final' record in it; train.py writes one when it writes model_final."),
+            ('eval.json', '{\n "negative_elbo": 245.0,\n', scores,
+             'eval.json, line 3: not valid JSON (Expecting property name enclosed in double quotes); the file is '
+             'damaged.'),
+            ('eval.json', '{"negative_elbo": 245.0}', scores, 'eval.json: no sample scores in it ("samples": '
+                                                              '{"recognisable": ...}); run evaluate.py with '
+                                                              '-num_samples above 0.'),
+            ('eval.json', None, scores, 'eval.json: cannot read it (No such file or directory).')]:
+        shutil.copytree(short, damaged, dirs_exist_ok=True)
+        if text is None:
+            (damaged / name).unlink()
+        else:
+            (damaged / name).write_text(text)
+        with pytest.raises(utils.InputError) as e:
+            compare.main([*args, '-out', str(tmp_path / 'none.png')])
+        assert str(e.value) == f'{damaged}/{message}'
+
+
+@pytest.mark.slow
+def test_compare_on_the_command_line_a_damaged_line_is_one_line_and_exit_status_2(tmp_path):
+    folder = write_run(tmp_path / 'run', 0.5, 600.0)
+    plotted = run('tools/compare.py', f'{folder / "metrics.jsonl"}', '-out', 'bounds.png', cwd=tmp_path)
+    assert plotted.returncode == 0 and (tmp_path / 'bounds.png').is_file(), plotted.stderr
+    with open(folder / 'metrics.jsonl', 'a') as f:
+        f.write('{"event": "epoch", "epoch": 4, "test_bo\n')
+    damaged = run('tools/compare.py', f'{folder / "metrics.jsonl"}', '-out', 'bounds.png', cwd=tmp_path)
+    assert damaged.returncode == 2 and damaged.stdout == ''
+    assert damaged.stderr.splitlines() == [f'error: {folder / "metrics.jsonl"}, line 8: not valid JSON (Unterminated '
+                                           f'string starting at); the file is damaged.']
+
+@pytest.mark.slow
 def test_evaluate_scores_every_image_of_a_held_out_file_with_the_models_own_classifier(trained, tmp_path):
     """A held-out file is scored whole; its classes are matched to the model's by name (others are
     listed), and the classifier is the one of the checkpoint's own training data."""
@@ -194,6 +318,7 @@ def test_evaluate_scores_every_image_of_a_held_out_file_with_the_models_own_clas
     assert f"by a CNN trained on the training split of csv {work / 'data' / 'data.csv'} (" in out.stdout
 
 
+@pytest.mark.slow
 def test_evaluate_scores_the_average_or_with_weights_trained_the_trained_weights(trained, tmp_path):
     """The same posterior noise (-seed) on both: -weights trained scores the training_model, as the
     checkpoint rewritten with it as its model scores (its write bias moved, so the two differ)."""
@@ -216,6 +341,7 @@ def test_evaluate_scores_the_average_or_with_weights_trained_the_trained_weights
                                        'model is the trained weights; score it without -weights trained.')
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_bad_flags(trained, tmp_path):
     work, _ = trained
     for flags, message in ((['-k', '0'], '-k must be a positive'), (['-data', str(tmp_path / 'none.csv')], 'none.csv')):
@@ -223,6 +349,7 @@ def test_evaluate_refuses_bad_flags(trained, tmp_path):
         assert out.returncode == 2 and message in out.stderr and 'Traceback' not in out.stderr
 
 
+@pytest.mark.slow
 def test_without_data_the_checkpoint_is_scored_on_the_data_it_learned(trained, tmp_path):
     """The checkpoint records its data (source, absolute path, fingerprint): evaluate.py finds it from
     any folder, and refuses, naming both, when what is there now is other data."""
@@ -246,6 +373,7 @@ def test_without_data_the_checkpoint_is_scored_on_the_data_it_learned(trained, t
             assert out.stderr.strip().endswith('Give the data to use with -data PATH.')
 
 
+@pytest.mark.slow
 def test_a_builtin_model_is_not_scored_on_a_csv_put_in_data_later(tmp_path, monkeypatch):
     monkeypatch.setattr(formats, 'BUILTIN_PER_CLASS', (2, 1))
     monkeypatch.chdir(tmp_path)
@@ -263,6 +391,7 @@ def per_channel(out):
     return [float(v) for v in re.search(r'per channel\s+ELBO ([\d. ]+),', out).group(1).split()], elbo, kl
 
 
+@pytest.mark.slow
 def test_a_2019_checkpoint_is_scored_by_the_classifier_of_the_files_own_classes(tmp_path, monkeypatch, capsys):
     """A 2019 file records no data: with -data, its samples are scored by the classifier of that file's
     classes (trained on its training split on first use, then cached), against its test split, not by
@@ -285,6 +414,7 @@ def test_a_2019_checkpoint_is_scored_by_the_classifier_of_the_files_own_classes(
     assert len(channels) == 3 and sum(channels) == pytest.approx(elbo + 2 * kl, abs=0.05)  # each has the whole KL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('data, skipped', [
     ([], "model_epoch_50 records no training data (the 2019 code's files do not), so no classifier of its classes "
          "is known; give a labelled file of them with -data PATH."),

@@ -120,6 +120,7 @@ FLAGS = ['-load_path', '-num_output', '-t', '-seed', '-out_dir', '-device', '-h'
          '3', '50', 'abc', '', 'cpu', 'cuda', 'meta', '2.5', '-num_output=2', str(2 ** 70), '-5']
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(args=st.lists(st.sampled_from(FLAGS) | st.text(max_size=6), max_size=7))
 def test_generate_arguments(checkpoint, tmp_path_factory, monkeypatch_module, args):

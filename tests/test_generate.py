@@ -26,6 +26,7 @@ def asked(monkeypatch):
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('flags, labels', [
     (['-char', 'character_01_ka'], [0, 0, 0, 0]), (['-char', 'KA'], [0, 0, 0, 0]), (['-char', 'क'], [0, 0, 0, 0]),
     (['-char', 'digit_00'], [1, 1, 1, 1]), (['-char', '०,ka'], [0, 1, 0, 1]), (['-label', '1'], [1, 1, 1, 1]),
@@ -36,6 +37,7 @@ def test_conditional_draws_the_class_asked_for(trained_conditional, tmp_path, as
     assert asked == [labels]
 
 
+@pytest.mark.slow
 def test_per_class_grid_has_a_labelled_row_per_class(trained_conditional, tmp_path):
     out = run('generate.py', '-load_path', 'checkpoint/model_final', '-per_class', '3', '-out_dir', str(tmp_path),
               cwd=trained_conditional)
@@ -49,6 +51,7 @@ def test_per_class_grid_has_a_labelled_row_per_class(trained_conditional, tmp_pa
     assert images.shape[1] == 208 and len(frames(tmp_path / 'draw_generate.gif')) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('flags, message', [
     (['-char', 'xyz'], "unknown class 'xyz'; valid names are"), (['-label', '2'], 'knows 2 classes, 0 to 1'),
     (['-per_class', '0'], '-per_class must be a positive'), (['-data', 'x.csv'], 'use it with -reconstruct'),
@@ -60,12 +63,14 @@ def test_bad_class_requests_are_refused_clearly(trained_conditional, flags, mess
         assert 'character_01_ka (क), digit_0 (०)' in out.stderr
 
 
+@pytest.mark.slow
 def test_an_unconditional_model_refuses_a_class(trained):
     work, _ = trained
     out = run('generate.py', '-load_path', 'checkpoint/model_final', '-char', 'ka', cwd=work)
     assert out.returncode == 2 and 'unconditional model' in out.stderr and 'conditional=True' in out.stderr
 
 
+@pytest.mark.slow
 def test_show_attention_draws_the_write_window_of_every_glimpse(trained, tmp_path, monkeypatch):
     work, _ = trained
     boxes = []
@@ -93,6 +98,7 @@ def test_box_is_drawn_where_the_window_is():
     assert ys.min() == pytest.approx(centre[1] - 12, abs=1) and ys.max() == pytest.approx(centre[1] + 12, abs=1)
 
 
+@pytest.mark.slow
 def test_reconstruct_shows_the_image_beside_its_canvas(trained, tmp_path):
     work, _ = trained
     out = run('generate.py', '-load_path', 'checkpoint/model_final', '-reconstruct', '-num_output', '4',
@@ -109,6 +115,7 @@ def test_reconstruct_shows_the_image_beside_its_canvas(trained, tmp_path):
     assert out.returncode == 2 and out.stderr.startswith(f'error: -data nowhere: no such file or folder (from {work})')
 
 
+@pytest.mark.slow
 def test_reconstruct_of_other_data_lists_the_classes_it_leaves_out(trained_conditional, tmp_path):
     images = np.random.default_rng(5).integers(0, 256, (12, 32, 32), dtype=np.uint8)
     other = tmp_path / 'other.csv'

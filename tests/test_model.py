@@ -264,6 +264,7 @@ def test_canvas_bias_starts_the_canvas_at_the_data_mean_and_learns():
     assert make(canvas_bias=False).canvas_bias is None and 'canvas_bias' not in make(canvas_bias=False).state_dict()
 
 
+@pytest.mark.slow
 def test_objective_is_the_bound_at_the_defaults_and_shaped_otherwise():
     model, x = make(), torch.rand(4, 1, 10, 12)
     torch.manual_seed(1)

@@ -52,6 +52,7 @@ def digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_resume_equals_an_uninterrupted_run(work):
     """A checkpoint of epoch 1 resumed in a new process ends where the run that wrote it ended."""
     straight = train_in(work, 'epoch_num=2', 'save_epoch=1', out='straight')
@@ -59,6 +60,7 @@ def test_resume_equals_an_uninterrupted_run(work):
     assert_same_training(load(straight / 'model_final'), load(resumed / 'model_final'))
 
 
+@pytest.mark.slow
 def test_the_moving_average_only_watches_training(work):
     """With ema the checkpoint's model is the average, and its training_model is exactly the model
     of the same run without one: the average changes what is evaluated and drawn, not training. (The
@@ -74,6 +76,7 @@ def test_the_moving_average_only_watches_training(work):
     assert a['test_bounds'] != b['test_bounds']  # those are of the average
 
 
+@pytest.mark.slow
 def test_at_a_constant_rate_a_finished_run_extended_equals_a_longer_one(work):
     """The schedule follows epoch_num, so only a constant rate lets epoch_num grow exactly."""
     straight = train_in(work, 'epoch_num=2', 'lr_schedule=constant', out='straight')
@@ -82,6 +85,7 @@ def test_at_a_constant_rate_a_finished_run_extended_equals_a_longer_one(work):
     assert_same_training(load(straight / 'model_final'), load(first / 'model_final'))
 
 
+@pytest.mark.slow
 def test_resume_from_a_checkpoint_of_the_unfused_optimizer(work):
     """Checkpoints written before the fused step hold an unfused Adam's groups; they resume alike."""
     first = train_in(work, 'epoch_num=1', out='old') / 'model_final'
@@ -94,6 +98,7 @@ def test_resume_from_a_checkpoint_of_the_unfused_optimizer(work):
     assert resumed['epoch'] == 2 and all(g['fused'] for g in resumed['optimizer']['param_groups'])
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_model_and_refuses_foreign_checkpoints(work):
     ckpt = train_in(work, 'epoch_num=1') / 'model_final'
     with pytest.raises(utils.InputError, match=r"remove dec_size=16 \(checkpoint: 12\)"):
@@ -115,6 +120,7 @@ def test_resume_keeps_the_model_and_refuses_foreign_checkpoints(work):
         train_in(work, f'resume={work / "shuffled"}', 'epoch_num=2')
 
 
+@pytest.mark.slow
 def test_interrupt_mid_epoch_saves_and_resumes_exactly(work, monkeypatch):
     straight = train_in(work, 'epoch_num=2', out='straight')
     calls, elbo_terms = [0], DRAWModel.elbo_terms
@@ -137,6 +143,7 @@ def test_interrupt_mid_epoch_saves_and_resumes_exactly(work, monkeypatch):
     assert_same_training(load(straight / 'model_final'), load(cut / 'model_final'))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
 def test_signal_to_a_real_run_saves_its_state_and_keeps_old_checkpoints(work, sig):
     args = [*TINY, 'epoch_num=100000', 'save_epoch=1', 'cache_dir=cache']
@@ -168,6 +175,7 @@ def nan_loss_after(monkeypatch, good_calls):
     monkeypatch.setattr(DRAWModel, 'objective', objective_or_nan)
 
 
+@pytest.mark.slow
 def test_non_finite_steps_are_skipped_then_training_stops(work, monkeypatch):
     good = train_in(work, 'epoch_num=2', 'save_epoch=1', out='good') / 'model_epoch_1'
     before = digest(good)
@@ -178,6 +186,7 @@ def test_non_finite_steps_are_skipped_then_training_stops(work, monkeypatch):
     assert digest(good) == before and not (good.parent / 'model_final').exists()
 
 
+@pytest.mark.slow
 def test_a_skipped_step_leaves_the_weights_unchanged(work, monkeypatch):
     nan_loss_after(monkeypatch, good_calls=0)
     ckpt = load(train_in(work, 'epoch_num=1', 'nonfinite_limit=100') / 'model_final')
@@ -232,6 +241,7 @@ def test_a_name_too_long_is_a_write_error(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_disk_full_at_a_checkpoint_stops_training_with_one_line(work, monkeypatch, capsys):
     checkpoints = train_in(work, 'epoch_num=1', 'save_epoch=1', out='run')
     before = digest(checkpoints / 'model_epoch_1')
@@ -243,7 +253,7 @@ def test_disk_full_at_a_checkpoint_stops_training_with_one_line(work, monkeypatc
     assert err[0] == (f"stopped: could not write {checkpoints / 'model_epoch_1'}: No space left on device; free "
                       f"some space and run again. Any earlier model_epoch_1 there is unchanged.")
     assert digest(checkpoints / 'model_epoch_1') == before
-    assert sorted(os.listdir(checkpoints)) == ['model_epoch_1', 'model_final']
+    assert sorted(os.listdir(checkpoints)) == ['metrics.jsonl', 'model_epoch_1', 'model_final']
 
 
 def test_a_cache_that_cannot_be_written_is_a_warning(work, monkeypatch):
@@ -268,3 +278,15 @@ def test_a_stale_cache_is_rebuilt(work):
     assert any('stale cache' in m for m in messages)
     assert len(second.train_x) + len(second.test_x) == len(first.train_x) + len(first.test_x) + 2
     assert len(list((work / 'cache').iterdir())) == 1  # replaced, not piled up
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['before_run_state_epoch_1', 'before_run_state_interrupted'])
+def test_checkpoints_written_before_the_run_state_resume_and_end_where_a_run_ends(work, name):
+    """Files of the code before training.RunState (commit a302880, its own tiny CSV and TINY settings,
+    epoch_num=2; tests/fixtures/make_before_run_state.py wrote them): one after epoch 1, one stopped by
+    SIGINT at epoch 2, step 2. Neither holds 'step'; each resumes and ends where today's run ends."""
+    straight = load(train_in(work, 'epoch_num=2', out='straight') / 'model_final')
+    resumed = load(train_in(work, f'resume={ROOT / "tests" / "fixtures" / name}', out='resumed') / 'model_final')
+    assert 'step' not in load(ROOT / 'tests' / 'fixtures' / name) and resumed['step'] == 10
+    assert_same_training(straight, resumed)

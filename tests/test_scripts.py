@@ -6,6 +6,7 @@ import imageio.v3 as iio
 import pytest
 import torch
 
+import checkpoints
 import generate
 import train
 import utils
@@ -17,6 +18,7 @@ def gif_frames(path):
     return len(iio.imread(path, index=None, extension='.gif'))
 
 
+@pytest.mark.slow
 def test_train_writes_every_output(trained):
     work, stdout = trained
     bound, recon, kl = map(float, re.search(r'test bound (\S+) nats \(reconstruction (\S+) \+ KL (\S+)\)',
@@ -30,6 +32,7 @@ def test_train_writes_every_output(trained):
         assert gif_frames(work / 'images' / f'draw_epoch_{epoch}.gif') == 3  # one frame per glimpse
 
 
+@pytest.mark.slow
 def test_checkpoint_is_self_describing_and_safe(trained):
     work, _ = trained
     ckpt = torch.load(work / 'checkpoint' / 'model_final', weights_only=True)
@@ -40,6 +43,7 @@ def test_checkpoint_is_self_describing_and_safe(trained):
     model.load_state_dict(ckpt['model'])
 
 
+@pytest.mark.slow
 def test_generate_draws_from_the_checkpoint(trained):
     work, _ = trained
     out = run('generate.py', '-load_path', 'checkpoint/model_final', '-num_output', '5', '-seed', '1',
@@ -52,6 +56,7 @@ def test_generate_draws_from_the_checkpoint(trained):
     assert gif_frames(work / 'gen7' / 'draw_generate.gif') == 7
 
 
+@pytest.mark.slow
 def test_generate_is_repeatable_with_a_seed(trained, tmp_path):
     work, _ = trained
     for name in ('a', 'b'):
@@ -60,6 +65,7 @@ def test_generate_is_repeatable_with_a_seed(trained, tmp_path):
     assert (tmp_path / 'a' / 'Generated_Image.png').read_bytes() == (tmp_path / 'b' / 'Generated_Image.png').read_bytes()
 
 
+@pytest.mark.slow
 def test_training_is_reproducible(trained, tmp_path):
     work, _ = trained
     (tmp_path / 'data').symlink_to(work / 'data')
@@ -70,6 +76,7 @@ def test_training_is_reproducible(trained, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_builtin_default_is_announced_and_trains(tmp_path):
     out = run('train.py', 'epoch_num=1', 'T=2', 'enc_size=8', 'dec_size=8', 'z_size=2', 'read_N=2', 'write_N=2',
               'batch_size=256', cwd=tmp_path)
@@ -79,9 +86,10 @@ def test_builtin_default_is_announced_and_trains(tmp_path):
     assert '46 classes' in out.stdout and (tmp_path / 'checkpoint' / 'model_final').is_file()
 
 
+@pytest.mark.slow
 def test_original_checkpoint_loads_and_generates(tmp_path):
     weights = original_checkpoint(tmp_path / 'model_epoch_50')
-    model, params, _ = utils.load_model(tmp_path / 'model_epoch_50', torch.device('cpu'))
+    model, params, _ = checkpoints.load_model(tmp_path / 'model_epoch_50', torch.device('cpu'))
     assert params['original_layout'] and params['channel'] == 3 and 'device' not in params
     assert all(torch.equal(model.state_dict()[k], w) for k, w in weights.items())
     out = run('generate.py', '-load_path', str(tmp_path / 'model_epoch_50'), '-num_output', '4', '-t', '5',
@@ -91,6 +99,7 @@ def test_original_checkpoint_loads_and_generates(tmp_path):
     assert gif_frames(tmp_path / 'out' / 'draw_generate.gif') == 5
 
 
+@pytest.mark.slow
 def test_checkpoint_saved_on_a_gpu_loads_on_a_cpu(trained, tmp_path, monkeypatch):
     """A GPU run's file records 'cuda:0' as every tensor's location; saving with that tag mimics one."""
     work, _ = trained
@@ -101,10 +110,11 @@ def test_checkpoint_saved_on_a_gpu_loads_on_a_cpu(trained, tmp_path, monkeypatch
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match='CUDA'):
             torch.load(tmp_path / 'from_gpu', weights_only=True)  # what a plain torch.load does here
-    model, _, _ = utils.load_model(tmp_path / 'from_gpu', torch.device('cpu'))
+    model, _, _ = checkpoints.load_model(tmp_path / 'from_gpu', torch.device('cpu'))
     assert all(torch.equal(model.state_dict()[k], w) for k, w in ckpt['model'].items())
 
 
+@pytest.mark.slow
 def test_bench_prints_the_side_by_side_table(tmp_path):
     out = run('bench.py', '--windows', '2', '--steps', '1', '--warmup', '0', 'T=2', 'enc_size=8', 'dec_size=8',
               'batch_size=4', '--vs', 'write_N=3,read_N=3', '--vs', 'precision=fp32', cwd=tmp_path)
@@ -144,6 +154,7 @@ def test_bench_prints_the_side_by_side_table(tmp_path):
                      out.stdout)
 
 
+@pytest.mark.slow
 def test_checkpoint_from_before_the_canvas_bias_loads_resumes_and_draws(trained, tmp_path):
     """Files of earlier versions have no canvas_bias (c_0 = 0): they rebuild without one."""
     work, _ = trained
@@ -156,7 +167,7 @@ def test_checkpoint_from_before_the_canvas_bias_loads_resumes_and_draws(trained,
     ckpt['optimizer']['state'] = {i - 1: s for i, s in state.items() if i > 0}  # canvas_bias, the model's own, is first
     group['params'] = group['params'][:-1]
     torch.save(ckpt, tmp_path / 'older')
-    model, params, _ = utils.load_model(tmp_path / 'older', torch.device('cpu'))
+    model, params, _ = checkpoints.load_model(tmp_path / 'older', torch.device('cpu'))
     assert model.canvas_bias is None and params['canvas_bias'] is False
     out = run('generate.py', '-load_path', str(tmp_path / 'older'), '-num_output', '4', '-out_dir', str(tmp_path), cwd=work)
     assert out.returncode == 0, out.stderr
@@ -169,6 +180,7 @@ def test_checkpoint_from_before_the_canvas_bias_loads_resumes_and_draws(trained,
         (False, 0, 0.0, 'constant', 0.0)  # as it was trained
 
 
+@pytest.mark.slow
 def test_every_file_the_scripts_write_stays_out_of_git():
     if not (ROOT / '.git').exists():
         pytest.skip('not a git checkout')

@@ -9,6 +9,7 @@ import types
 import pytest
 import torch
 
+import schedules
 import train
 import training
 import utils
@@ -25,6 +26,14 @@ def setup(**kw):
     model = DRAWModel({**P, **kw})
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.5, 0.999), fused=True)
     return model, optimizer
+
+
+def train_two_epochs(model, optimizer, images, p, folder, averaged=None):
+    """training.train over images (unlabelled) for epoch_num epochs, writing into folder."""
+    labels, p = torch.zeros(len(images), dtype=torch.long), {**p, 'checkpoint_dir': str(folder), 'image_dir': str(folder)}
+    data = types.SimpleNamespace(train_x=images, classes=[], glyphs=[], record=lambda p: {})
+    run = training.Run(model, averaged, optimizer, training.RunState())
+    training.train(run, Objective(model), data, (images, labels), (images[:8].float() / 255, labels[:8]), p, 0.0)
 
 
 def batches(n=3):
@@ -76,24 +85,24 @@ def test_kl_warm_up_and_free_bits_shape_the_gradient_but_the_reported_loss_is_th
 
 def test_the_kl_weight_ramps_linearly_and_then_holds():
     p = {**P, 'kl_warmup': 10}
-    assert [training.kl_weight(p, s) for s in (0, 3, 9, 10 ** 6)] == [0.1, 0.4, 1.0, 1.0]
-    assert training.kl_weight({**p, 'kl_warmup': 0}, 0) == 1.0
+    assert [schedules.kl_weight(p, s) for s in (0, 3, 9, 10 ** 6)] == [0.1, 0.4, 1.0, 1.0]
+    assert schedules.kl_weight({**p, 'kl_warmup': 0}, 0) == 1.0
 
 
 def test_the_cosine_schedule_falls_from_the_learning_rate_to_zero_at_the_last_epoch():
     p = {**P, 'learning_rate': 2e-3, 'lr_schedule': 'cosine'}
-    assert [training.learning_rate(p, s, 100) for s in (0, 50, 100, 150)] == pytest.approx([2e-3, 1e-3, 0, 0], abs=1e-12)
-    assert training.learning_rate(p, 25, 100) == pytest.approx(1e-3 * (1 + math.cos(math.pi / 4)))
-    assert {training.learning_rate({**p, 'lr_schedule': 'constant'}, s, 100) for s in (0, 99, 200)} == {2e-3}
+    assert [schedules.learning_rate(p, s, 100) for s in (0, 50, 100, 150)] == pytest.approx([2e-3, 1e-3, 0, 0], abs=1e-12)
+    assert schedules.learning_rate(p, 25, 100) == pytest.approx(1e-3 * (1 + math.cos(math.pi / 4)))
+    assert {schedules.learning_rate({**p, 'lr_schedule': 'constant'}, s, 100) for s in (0, 99, 200)} == {2e-3}
 
 
 def test_the_wsd_schedule_holds_the_rate_then_falls_linearly_to_zero_over_the_last_fifth_or_from_a_refit():
     p = {**P, 'learning_rate': 2e-3, 'lr_schedule': 'wsd'}
-    assert [training.learning_rate(p, s, 100) for s in (0, 50, 80, 90, 95, 100, 150)] == \
+    assert [schedules.learning_rate(p, s, 100) for s in (0, 50, 80, 90, 95, 100, 150)] == \
         pytest.approx([2e-3, 2e-3, 2e-3, 1e-3, 5e-4, 0, 0], abs=1e-12)
-    assert training.learning_rate(p, 3, None) == 2e-3  # a minutes=N run timing its first steps
+    assert schedules.learning_rate(p, 3, None) == 2e-3  # a minutes=N run timing its first steps
     # a fall fitted again at step 90 of 100, at a quarter of the rate: linear from there to 0 at the total
-    assert [training.learning_rate(p, s, 100, [90, 0.25]) for s in (80, 90, 95, 100, 150)] == \
+    assert [schedules.learning_rate(p, s, 100, [90, 0.25]) for s in (80, 90, 95, 100, 150)] == \
         pytest.approx([2e-3, 5e-4, 2.5e-4, 0, 0], abs=1e-12)
 
 
@@ -113,7 +122,7 @@ def test_the_epochs_test_bound_is_the_whole_splits_elbo_in_batches_of_four_train
     assert all(isinstance(v, float) for v in in_bf16)
 
 
-def test_each_step_trains_at_the_schedules_rate(monkeypatch):
+def test_each_step_trains_at_the_schedules_rate(monkeypatch, tmp_path):
     """Two epochs of 3 steps: the Adam group's step size at each step is the schedule's."""
     seen, step = [], training.train_step
 
@@ -123,25 +132,21 @@ def test_each_step_trains_at_the_schedules_rate(monkeypatch):
     monkeypatch.setattr(training, 'train_step', recording)
     model, optimizer = setup()
     p, images = {**P, 'batch_size': 16, 'epoch_num': 2}, torch.zeros(48, 1, 12, 12, dtype=torch.uint8)
-    bar = types.SimpleNamespace(update=lambda n: None, set_postfix=lambda **shown: None)
-    stop = types.SimpleNamespace(received=None)
-    for epoch in range(2):
-        state = {**training.fresh_state(), 'epoch': epoch, 'order': torch.randperm(48)}
-        training.train_steps(Objective(model), optimizer, images, torch.zeros(48, dtype=torch.long), p, state, bar, stop)
-    assert seen == pytest.approx([training.learning_rate(p, s, 6) for s in range(6)]) and seen[0] == p['learning_rate']
+    train_two_epochs(model, optimizer, images, p, tmp_path)
+    assert seen == pytest.approx([schedules.learning_rate(p, s, 6) for s in range(6)]) and seen[0] == p['learning_rate']
 
 
 def test_the_moving_average_s_horizon_shrinks_in_proportion_to_the_learning_rate():
     """1 / (1 - decay) is 500 steps at ema=0.998 and the full rate, 250 at half the rate, 5 at 1%, and
     none (the average is the weights) from 0.2% down to 0; the first steps keep the warm-up rule."""
     p = {**P, 'ema': 0.998}
-    horizons = [1 / (1 - training.ema_decay(p, 10 ** 6, rate)) for rate in (1.0, 0.5, 0.01)]
+    horizons = [1 / (1 - schedules.ema_decay(p, 10 ** 6, rate)) for rate in (1.0, 0.5, 0.01)]
     assert horizons == pytest.approx([500, 250, 5], rel=1e-3)
-    assert [training.ema_decay(p, 10 ** 6, rate) for rate in (0.002, 0.001, 0.0)] == pytest.approx([0, 0, 0], abs=1e-9)
-    assert training.ema_decay(p, 0, 0.5) == 0.0 and training.ema_decay(p, 10, 0.5) == pytest.approx(0.1)
+    assert [schedules.ema_decay(p, 10 ** 6, rate) for rate in (0.002, 0.001, 0.0)] == pytest.approx([0, 0, 0], abs=1e-9)
+    assert schedules.ema_decay(p, 0, 0.5) == 0.0 and schedules.ema_decay(p, 10, 0.5) == pytest.approx(0.1)
 
 
-def test_the_moving_average_follows_the_weights_after_every_step(monkeypatch):
+def test_the_moving_average_follows_the_weights_after_every_step(monkeypatch, tmp_path):
     """Over two epochs of 3 steps, averaged is decay_s * itself + (1 - decay_s) * the weights after
     step s, from the initial weights, where d_s = min(ema, (1 + s) / (10 + s)) and, in the rate's fall
     (wsd: the last fifth, here step 5 at 1/1.2 of the rate), decay_s = 1 - (1 - d_s) / rate: the horizon
@@ -157,13 +162,9 @@ def test_the_moving_average_follows_the_weights_after_every_step(monkeypatch):
     averaged = copy.deepcopy(model).requires_grad_(False)
     expected = [w.detach().clone() for w in model.parameters()]
     p, g = {**P, 'batch_size': 8, 'epoch_num': 2, 'ema': 0.3}, torch.Generator().manual_seed(2)
-    images, bar = torch.randint(0, 256, (24, 1, 12, 12), generator=g, dtype=torch.uint8), types.SimpleNamespace(
-        update=lambda n: None, set_postfix=lambda **shown: None)
-    for epoch in range(2):
-        state = {**training.fresh_state(), 'epoch': epoch, 'order': torch.randperm(24)}
-        training.train_steps(Objective(model), optimizer, images, torch.zeros(24, dtype=torch.long), p, state, bar,
-                          types.SimpleNamespace(received=None), averaged)
-    decays = [training.ema_decay(p, s, training.learning_rate(p, s, 6) / p['learning_rate']) for s in range(6)]
+    images = torch.randint(0, 256, (24, 1, 12, 12), generator=g, dtype=torch.uint8)
+    train_two_epochs(model, optimizer, images, p, tmp_path, averaged)
+    decays = [schedules.ema_decay(p, s, schedules.learning_rate(p, s, 6) / p['learning_rate']) for s in range(6)]
     assert decays == pytest.approx([0.1, 2 / 11, 0.25, 0.3, 0.3, 1 - 0.7 * 1.2])  # the rule, then ema, then the fall
     for weights, decay in zip(after, decays):
         expected = [decay * e + (1 - decay) * w for e, w in zip(expected, weights)]
@@ -217,6 +218,7 @@ def test_precision_auto_is_bf16_only_where_native(tmp_path, monkeypatch):
     assert [utils.resolve_precision(name, cpu)[0] for name in ('auto', 'bf16', 'fp32')] == ['bf16', 'bf16', 'fp32']
 
 
+@pytest.mark.slow
 def test_the_scripts_flush_the_subnormals_that_the_filterbanks_underflow_into():
     if not torch.set_flush_denormal(False):
         pytest.skip('this CPU cannot flush subnormal floats to zero (torch.set_flush_denormal needs x86 with SSE3)')
@@ -224,7 +226,7 @@ def test_the_scripts_flush_the_subnormals_that_the_filterbanks_underflow_into():
     f = DRAWModel(P).normalise(log_f)
     assert int(((f > 0) & (f < torch.finfo(torch.float32).tiny)).sum()) > 10
     # in a fresh process, as a script starts: its imports, then utils.run, then work on every thread
-    check = ("import numpy as np, torch, bench, compare, evaluate, generate, train, utils, webpage\n"
+    check = ("import numpy as np, torch, bench, evaluate, generate, train, utils, webpage\n"
              "x = torch.from_numpy(np.full(10 ** 6, 1e-39, dtype=np.float32))\n"
              "utils.run(lambda: None)\n"
              "print(torch.get_num_threads(), int(((x * 1.0) != 0).sum()))")

@@ -1,6 +1,8 @@
-"""The web page (webpage.py, web/): its JavaScript against PyTorch in headless Chromium, on the weights
-the page holds and the same injected noise; the drawing pad driven by a scripted stroke; and
-generate.py's -html and -reconstruct -as as a user runs them."""
+"""The web page (webpage.py, web/): its JavaScript against PyTorch in headless Chromium (tools/webcheck.py),
+on the weights the page holds and the same injected noise; the drawing pad driven by a scripted stroke;
+class names that are HTML or script shown as text; and generate.py's -html and -reconstruct -as and
+tools/webcheck.py as a user runs them."""
+import importlib.util
 import json
 import re
 
@@ -9,34 +11,46 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoints
 import generate
 import utils
 import webpage
-from conftest import TINY, original_checkpoint, run
+from conftest import ROOT, TINY, original_checkpoint, run
 from draw_model import DRAWModel
 from train import params as DEFAULTS
 
 TINY_PARAMS = {**DEFAULTS, **{k: int(v) for k, v in (a.split('=') for a in TINY)}}
+SPEC = importlib.util.spec_from_file_location('webcheck', ROOT / 'tools' / 'webcheck.py')
+webcheck = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(webcheck)
+
+# class names as a CSV's character column or a folder could hold them: HTML that runs script, the
+# template's placeholders, text that would end or comment out the page's script elements, JavaScript's
+# line ends; then Devanagari, as a name and (the last class) as a glyph
+HOSTILE = ['<img src=x onerror="window.injected = true">', '{{PAGE_JS}}', '<!--<script>',
+           '</script><script>window.injected = true</script>', 'line\u2028end\u2029', 'क', 'character_01_ka']
+HOSTILE_GLYPHS = [''] * 6 + ['क']
 
 
 @pytest.fixture
 def browser():
     try:
-        return webpage.find_browser()
+        return webcheck.find_browser()
     except utils.InputError as e:
         pytest.skip(f'{e} (.ci/run installs Debian\'s chromium)')
 
 
-def random_model(**changes):
-    """A tiny model with weights far enough from their initialisation that every term matters."""
+def random_model(classes=('character_01_ka', 'character_02_kha', 'digit_7'), glyphs=('क', 'ख', '७'), **changes):
+    """A tiny model with weights far enough from their initialisation that every term matters; classes
+    and their glyphs for a conditional one."""
     torch.manual_seed(0)
     p = {**TINY_PARAMS, 'T': 5, **changes}
-    model = DRAWModel(p, 3 if p['conditional'] else 0).eval()
+    classes, glyphs = (list(classes), list(glyphs)) if p['conditional'] else ([], [])
+    model = DRAWModel(p, len(classes)).eval()
     with torch.no_grad():
         for v in model.parameters():
             v.add_(0.3 * torch.randn_like(v))
-    classes = ['character_01_ka', 'character_02_kha', 'digit_7'] if p['conditional'] else []
-    return model, {'params': p, 'classes': classes, 'glyphs': ['क', 'ख', '७'] if classes else []}
+    return model, {'params': p, 'classes': classes, 'glyphs': glyphs}
 
 
 def checkpoint(case, request, tmp_path):
@@ -44,15 +58,16 @@ def checkpoint(case, request, tmp_path):
     if case in ('trained', 'trained_conditional'):
         work = request.getfixturevalue(case)
         work = work[0] if isinstance(work, tuple) else work
-        model, _, ckpt = utils.load_model(work / 'checkpoint' / 'model_final', torch.device('cpu'))
+        model, _, ckpt = checkpoints.load_model(work / 'checkpoint' / 'model_final', torch.device('cpu'))
         return model, ckpt
     if case == '2019':
         original_checkpoint(tmp_path / 'model_epoch_50')
-        model, _, ckpt = utils.load_model(tmp_path / 'model_epoch_50', torch.device('cpu'))
+        model, _, ckpt = checkpoints.load_model(tmp_path / 'model_epoch_50', torch.device('cpu'))
         return model, ckpt
     return random_model(**case)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case, dtype', [('trained', 'fp16'), ('trained_conditional', 'fp16'),
                                          ({'read_attn': False, 'write_attn': False}, 'fp16'),
                                          ({'conditional': True, 'channel': 3}, 'fp32'), ('2019', 'fp16')],
@@ -61,7 +76,7 @@ def test_the_page_draws_what_pytorch_draws(browser, request, tmp_path, case, dty
     """A sample, a redrawing and the redrawing's z decoded as another class: every glimpse's canvas
     within 1e-3 of PyTorch's (they agree to ~1e-6: the page computes in float64 on the same weights)."""
     model, ckpt = checkpoint(case, request, tmp_path)
-    found = webpage.check(model, ckpt, webpage.page_html(model, ckpt, 'test', dtype), dtype, repeats=1)
+    found = webcheck.check(model, ckpt, webpage.page_html(model, ckpt, 'test', dtype), dtype, repeats=1)
     assert max(found['sample'], found['redraw'], found['transfer']) < 1e-3, found
     assert found['elbo'][0] == pytest.approx(found['elbo'][1], rel=1e-5, abs=1e-3)
 
@@ -75,10 +90,11 @@ def test_fp16_weights_are_the_ones_pytorch_is_checked_with():
     assert not torch.equal(rounded.fc_write.weight, model.fc_write.weight)
 
 
+@pytest.mark.slow
 def test_every_fp16_value_decodes_as_numpy_decodes_it(browser):
     model, ckpt = random_model()
-    page = webpage.in_browser(webpage.page_html(model, ckpt, 'test'),
-                              "return Array.from({length: 65536}, (_, h) => String(DRAW.halfToFloat(h)));")
+    page = webcheck.in_browser(webpage.page_html(model, ckpt, 'test'),
+                               "return Array.from({length: 65536}, (_, h) => String(DRAW.halfToFloat(h)));")
     expected = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float64)
     np.testing.assert_array_equal(np.array([float(v) for v in page]), expected)
 
@@ -88,13 +104,14 @@ def line(a, b, n=12):
     return [[a[0] + (b[0] - a[0]) * k / n, a[1] + (b[1] - a[1]) * k / n] for k in range(n + 1)]
 
 
+@pytest.mark.slow
 def test_the_drawing_pad_is_read_and_redrawn_as_pytorch_does(browser):
     """Scripted strokes on the pad (pointer events, as a mouse or a finger sends them): the image the
     page reads has the stroke; its redrawing, -ELBO and guessed class (the lowest -ELBO) are PyTorch's
     for that image and noise; every other class's redrawing is shown."""
     model, ckpt = random_model(conditional=True)
     noise = torch.randn(model.T, 1, model.z_size, generator=torch.Generator().manual_seed(1))
-    page = webpage.in_browser(webpage.page_html(model, ckpt, 'test'), f"""
+    page = webcheck.in_browser(webpage.page_html(model, ckpt, 'test'), f"""
       drawPage.noise = {json.dumps(noise[:, 0].tolist())};
       {json.dumps([line([0.15, 0.25], [0.85, 0.25]), line([0.55, 0.25], [0.55, 0.85])])}.forEach(drawPage.stroke);
       const last = drawPage.last;
@@ -109,7 +126,7 @@ def test_the_drawing_pad_is_read_and_redrawn_as_pytorch_does(browser):
         elbos = [sum(t.sum() for t in ref.elbo_terms(x, torch.tensor([k]), noise=noise)[:2]).item() for k in range(3)]
         canvases = torch.sigmoid(ref(x, torch.tensor([page['label']]), noise=noise)[0][:, 0])
     assert page['label'] == int(np.argmin(elbos)) and page['elbo'] == pytest.approx(min(elbos), rel=1e-5)
-    assert webpage.max_difference(page['canvases'], canvases) < 1e-3
+    assert webcheck.max_difference(page['canvases'], canvases) < 1e-3
     assert page['others'] == 2 and f"{page['elbo']:.1f} nats" in page['status']
 
 
@@ -123,6 +140,55 @@ def test_decoding_the_posterior_z_with_its_own_label_redraws_the_image():
         assert not torch.allclose(model.generate(4, (y + 1) % 3, zs=zs)[-1], torch.sigmoid(logits[-1]), atol=1e-3)
 
 
+def test_class_names_are_in_the_page_only_as_escaped_json():
+    """Each placeholder of the template is filled once, with no class name read as one; the names are in
+    the model's JSON alone, with no '<', '>', '&', U+2028 or U+2029 as such; the title (the file's name)
+    is escaped as HTML."""
+    model, ckpt = random_model(classes=HOSTILE, glyphs=HOSTILE_GLYPHS, conditional=True)
+    html = webpage.page_html(model, ckpt, 'runs/<b>&')
+    draw_js, page_js = ((webpage.WEB / name).read_text(encoding='utf-8') for name in ('draw.js', 'page.js'))
+    assert html.count(page_js) == 1 and html.count(draw_js) == 1
+    opening = '<script type="application/json" id="model">'
+    head, rest = html.split(opening)
+    data, tail = rest.split('</script>', 1)
+    template = (webpage.WEB / 'page.html').read_text(encoding='utf-8')
+    assert f'{head}{opening}{{{{MODEL}}}}</script>{tail}' == (
+        template.replace('{{TITLE}}', '&lt;b&gt;&amp;').replace('{{DRAW_JS}}', draw_js).replace('{{PAGE_JS}}', page_js))
+    assert not set('<>&\u2028\u2029') & set(data)
+    about = json.loads(data)['about']
+    assert about['classes'] == HOSTILE and about['title'] == '<b>&'
+
+
+def test_a_placeholder_without_a_value_is_an_error():
+    with pytest.raises(ValueError, match=re.escape("the page's template holds {{LOGO}}, but only TITLE are filled")):
+        webpage.filled('<title>{{TITLE}}</title>{{LOGO}}', {'TITLE': 'DRAW'})
+
+
+@pytest.mark.slow
+def test_class_names_are_shown_as_text_and_never_run(browser):
+    """A page whose class names are HTML, script and placeholders, driven by a stroke read as the class
+    named by an img tag: no script of theirs runs (the img's onerror would set window.injected), every
+    name is shown as written, and the only images are the glyphs' data: URLs."""
+    model, ckpt = random_model(classes=HOSTILE, glyphs=HOSTILE_GLYPHS, conditional=True)
+    page = webcheck.in_browser(webpage.page_html(model, ckpt, 'test'), f"""
+      document.getElementById('wrote').value = '0';
+      drawPage.stroke({json.dumps(line([0.2, 0.3], [0.8, 0.7]))});
+      const texts = (found) => Array.from(found, (e) => e.textContent);
+      return new Promise((resolve) => setTimeout(() => resolve({{injected: window.injected === true,
+        buttons: texts(document.querySelectorAll('#sample-classes button')),
+        options: texts(document.getElementById('wrote').options).slice(1),
+        others: texts(document.querySelectorAll('#others figure')),
+        status: document.getElementById('pad-status').textContent,
+        images: Array.from(document.images, (img) => [img.src.slice(0, 22), img.alt])}}), 1000));""",
+                               '--virtual-time-budget=5000')
+    assert not page['injected']
+    names = HOSTILE[:-1] + ['ka']  # as the page names them: the glyph's class by its last part
+    assert page['buttons'] == HOSTILE[:-1] + [''] and page['options'] == names and page['others'] == page['buttons'][1:]
+    assert f'as {HOSTILE[0]} · ' in page['status']
+    assert page['images'] == 2 * [['data:image/png;base64,', 'character_01_ka']]  # a button's, a redrawing's
+
+
+@pytest.mark.slow
 def test_generate_html_writes_a_page_that_needs_no_network(browser, trained, tmp_path):
     work, _ = trained
     path = tmp_path / 'pages' / 'draw.html'
@@ -131,10 +197,11 @@ def test_generate_html_writes_a_page_that_needs_no_network(browser, trained, tmp
     assert out.stdout.startswith(f'Wrote {path} (') and 'the weights in fp16' in out.stdout
     html = path.read_text()
     assert '://' not in html and not re.search(r'(src|href)=["\']//', html)  # no URL: images are data: URLs
-    status = webpage.in_browser(html, "return document.getElementById('sample-status').textContent;")
+    status = webcheck.in_browser(html, "return document.getElementById('sample-status').textContent;")
     assert status.startswith('glimpse 1 of 3')
 
 
+@pytest.mark.slow
 def test_bad_html_requests_get_one_line(trained, tmp_path, capsys):
     """A checkpoint that cannot be exported and a path that cannot be written: one line each, nothing
     written; the first as a user sees it, the rest from generate.main."""
@@ -163,6 +230,7 @@ def test_bad_html_requests_get_one_line(trained, tmp_path, capsys):
     assert 'the weights in fp32' in capsys.readouterr().out and (tmp_path / 'p.html').is_file()
 
 
+@pytest.mark.slow
 def test_reconstruct_as_redraws_each_image_as_each_class(trained_conditional, trained, tmp_path, capsys):
     out = run('generate.py', '-load_path', 'checkpoint/model_final', '-reconstruct', '-as', 'ka,digit_0',
               '-num_output', '5', '-out_dir', str(tmp_path), cwd=trained_conditional)
@@ -181,3 +249,16 @@ def test_reconstruct_as_redraws_each_image_as_each_class(trained_conditional, tr
     with pytest.raises(SystemExit):
         generate.parse_args(['-load_path', 'x', '-as', 'ka'])
     assert '-as redraws real images as other classes: use it with -reconstruct' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_webcheck_checks_a_checkpoint_and_writes_a_screenshot(browser, trained, tmp_path):
+    work, _ = trained
+    png = tmp_path / 'shots' / 'page.png'
+    png.parent.mkdir()
+    out = run('tools/webcheck.py', '-load_path', 'checkpoint/model_final', '-repeats', '2', '-screenshot', str(png),
+              cwd=work)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r'the largest difference of any pixel of any glimpse\'s canvas\n  sample \d\.\de-\d\d', out.stdout)
+    assert out.stdout.endswith(f'Wrote {png}: the page after writing क on its pad.\n')
+    assert iio.imread(png).shape[:2] == (1250, 1000)

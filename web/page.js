@@ -16,16 +16,17 @@ const drawPage = (() => {
   const page = {model, about, noise: null, last: null, loadMs: performance.now() - opened};  // loadMs: weights decoded
   const conditional = model.num_classes > 0;
 
+  // Class names come from data files and checkpoints: they reach the page as text nodes and
+  // attributes, never as HTML
   const className = (k) => about.classes[k].replace(/^character_\d+_/, '');
-  const picture = (k) => (about.glyphs[k] ? `<img class="inline" src="${about.glyphs[k]}" alt="">` : '');
-  function glyph(k) {
-    // the class's glyph as a picture (the page carries them: a reader may have no Devanagari font), or its name
-    if (!about.glyphs[k]) return document.createTextNode(className(k));
+  function picture(k) {
+    // the class's glyph as a picture (the page carries them: a reader may have no Devanagari font)
     const img = document.createElement('img');
-    img.src = about.glyphs[k];
+    img.src = about.glyphs[k];  // a data: URL of a PNG, written by webpage.py
     img.alt = img.title = about.classes[k];
     return img;
   }
+  const glyph = (k) => (about.glyphs[k] ? picture(k) : document.createTextNode(className(k)));
 
   // -- pictures -----------------------------------------------------------------------------------
   function show(canvas, image, boxes = []) {
@@ -188,9 +189,14 @@ const drawPage = (() => {
     const result = model.encode(x, label, noise), ms = performance.now() - t0;
     page.last = {x: Array.from(x), label, noise: noise.map((z) => Array.from(z)), ...result};
     const kl = result.kl.reduce((a, b) => a + b, 0);
-    $('pad-status').innerHTML = `−ELBO of your drawing: <b>${result.elbo.toFixed(1)} nats</b> (reconstruction `
-      + `${result.recon.toFixed(1)} + KL ${kl.toFixed(1)}; one posterior sample)`
-      + (conditional ? `<br>${guessed ? 'read as' : 'as'} ${picture(label)} ${className(label)}` : '') + ` · ${ms.toFixed(0)} ms`;
+    const elbo = document.createElement('b'), read = [];
+    elbo.textContent = `${result.elbo.toFixed(1)} nats`;
+    if (conditional) {
+      const inline = about.glyphs[label] ? [Object.assign(picture(label), {className: 'inline', alt: ''}), ' '] : [];
+      read.push(document.createElement('br'), `${guessed ? 'read as' : 'as'} `, ...inline, className(label));
+    }
+    $('pad-status').replaceChildren('−ELBO of your drawing: ', elbo, ` (reconstruction ${result.recon.toFixed(1)}`
+      + ` + KL ${kl.toFixed(1)}; one posterior sample)`, ...read, ` · ${ms.toFixed(0)} ms`);
     stopRedraw();
     stopRedraw = animate(T, (t) => {
       show($('seen'), x, [[result.reads[t], READ]]);
