@@ -1,6 +1,7 @@
 """Checkpoints: written atomically with everything that rebuilds the model (params, weights) and
 resumes its training; read without running code (weights_only), the 2019 implementation's files
-included; turned back into a model."""
+included; turned back into a model. A checkpoint's params are data, not orders: its sizes are checked
+against config.MODEL_CAPS before anything is built, and its paths are never used."""
 import re
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import config
 from draw_model import DRAWModel
 from utils import InputError, atomic_save
 
+SAFE_TORCH = (2, 6)  # before 2.6, torch.load(weights_only=True) could be made to run code (CVE-2025-32434)
+
 
 def save_checkpoint(path, model, optimizer, params, **extra):
     """A self-describing checkpoint: weights, optimizer state, params (plain values) and extras."""
@@ -17,8 +20,16 @@ def save_checkpoint(path, model, optimizer, params, **extra):
                 path)
 
 
+def torch_version():
+    """The installed torch's (major, minor)."""
+    return tuple(int(part) for part in re.match(r'(\d+)\.(\d+)', torch.__version__).groups())
+
+
 def read_checkpoint(path):
     """The checkpoint dict at path, loaded without executing code (weights_only), or an InputError."""
+    if torch_version() < SAFE_TORCH:
+        raise InputError(f"{path}: not loaded: torch {torch.__version__} can be made to run code while loading a "
+                         f"checkpoint (CVE-2025-32434); install torch 2.6 or later (pip install -r requirements.txt).")
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path} is a directory; give the checkpoint file, e.g. checkpoint/model_final.")
@@ -51,9 +62,10 @@ def model_params(path, ckpt):
     params.setdefault('conditional', False)  # older files: unconditional, c_0 = 0
     params.setdefault('canvas_bias', False)
     if 'fc_attention.weight' in weights:
-        write_N = params.get('write_N')
+        write_N, fc_write = params.get('write_N'), weights.get('fc_write.weight')
         params.update(read_attn=True, write_attn=True, original_layout=True, canvas_bias=False,
-                      channel=weights['fc_write.weight'].shape[0] // write_N ** 2 if write_N else None)
+                      channel=fc_write.shape[0] // write_N ** 2 if isinstance(write_N, int) and write_N > 0
+                      and isinstance(fc_write, torch.Tensor) else None)
     missing = [k for k in config.MODEL_KEYS if params.get(k) is None]
     if missing:
         raise InputError(f"{path}: its params lack {', '.join(missing)}; it was not written by train.py.")
@@ -61,10 +73,38 @@ def model_params(path, ckpt):
     if wrong:
         raise InputError(f"{path}: its params hold {', '.join(wrong)} where whole numbers or booleans belong.")
     try:
-        config.check_params(params)
+        config.check_params(params)  # its sizes within config.MODEL_CAPS, before anything is built
     except InputError as e:
         raise InputError(f"{path}: its params hold {e}") from None
     return params
+
+
+def check_classes(path, ckpt, conditional):
+    """The checkpoint's class names and glyphs, where it has them: lists of strings within
+    config.MODEL_CAPS (num_classes, name_chars), one glyph per class; at least two classes for a
+    conditional model. They size the model's label input and what is drawn, so they are checked first."""
+    glyphs, caps = ckpt.get('glyphs'), config.MODEL_CAPS
+    for what, names in (('list of class names', ckpt.get('classes')), ('list of glyphs', glyphs)):
+        if names is not None and not (isinstance(names, list) and all(isinstance(c, str) for c in names)):
+            raise InputError(f"{path}: its {what} is damaged (not a list of strings).")
+    classes = ckpt.get('classes') or []
+    if conditional and len(classes) < 2:
+        raise InputError(f"{path}: a conditional model, but its list of class names is missing or damaged.")
+    if len(classes) > caps['num_classes']:
+        raise InputError(f"{path}: it names {len(classes):,} classes, more than config.MODEL_CAPS's "
+                         f"num_classes={caps['num_classes']:,}; it is damaged or not a DRAW checkpoint.")
+    if glyphs and len(glyphs) != len(classes):
+        raise InputError(f"{path}: it holds {len(glyphs):,} glyphs for {len(classes):,} classes; it is damaged.")
+    longest = max(classes + (glyphs or []), key=len, default='')
+    if len(longest) > caps['name_chars']:
+        raise InputError(f"{path}: a class name or glyph of {len(longest):,} characters ({longest[:20]!r}...), "
+                         f"more than config.MODEL_CAPS's name_chars={caps['name_chars']}; it is damaged.")
+
+
+def with_user_paths(params, defaults):
+    """The checkpoint's params over defaults (train.py's), but for the paths (config.PATH_KEYS), which
+    are the defaults': the folders a checkpoint names are never read or written."""
+    return {**defaults, **{k: v for k, v in params.items() if k not in config.PATH_KEYS}}
 
 
 def load_model(path, device, weights='model'):
@@ -76,11 +116,8 @@ def load_model(path, device, weights='model'):
         raise InputError(f"{path}: holds no {weights} (it was trained with ema=0, or before ema): its model is "
                          f"the trained weights; score it without -weights trained.")
     params = model_params(path, ckpt)
-    classes = ckpt.get('classes')
-    if params['conditional'] and not (isinstance(classes, list) and len(classes) >= 2
-                                      and all(isinstance(c, str) for c in classes)):
-        raise InputError(f"{path}: a conditional model, but its list of class names is missing or damaged.")
-    model = DRAWModel(params, len(classes) if params['conditional'] else 0)
+    check_classes(path, ckpt, params['conditional'])
+    model = DRAWModel(params, len(ckpt['classes']) if params['conditional'] else 0)
     try:
         model.load_state_dict(ckpt[weights])
     except RuntimeError as e:

@@ -13,8 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
-import utils
-from dataloader import model_inputs
+from dataloader import load_checked, model_inputs, save_checked
 from utils import InputError
 
 CONFIDENT = 0.9  # a sample counts as recognisable when the classifier gives one class this probability
@@ -119,12 +118,14 @@ def of_data(data, train, test, p, log=print):
                                tuple(test[0].shape), model, train[1].sum().item(),
                                float(train[0].sum()))).encode()).hexdigest()[:16]
     path = Path(p['cache_dir']) / f'classifier-{key}.pt'
-    if path.is_file():
-        saved = torch.load(path, map_location=train[0].device, weights_only=True)
+    def restore(saved):
         model.load_state_dict(saved['model'])
-        return model.eval(), saved['accuracy']
+        return model.eval(), float(saved['accuracy'])
+    cached = load_checked(path, restore, 'training the classifier again', log)
+    if cached:
+        return cached
     model, accuracy = train_classifier(train, test, len(data.classes), log=log)
-    utils.save_cache({'model': model.state_dict(), 'accuracy': accuracy}, path, log)
+    save_checked({'model': model.state_dict(), 'accuracy': accuracy}, path, log)
     return model, accuracy
 
 

@@ -1,6 +1,7 @@
 """Datasets for DRAW: a source found and decoded (formats.py), cached as uint8 so the next start skips
 decoding, split, narrowed to the chosen classes, and turned into the model's inputs."""
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ import devanagari
 import formats
 from utils import InputError, plural, save_cache
 
-CACHE_VERSION = 1  # bump when decoding changes, so old caches are rebuilt
+CACHE_VERSION = 2  # bump when decoding changes, so old caches are rebuilt (2: image folders keyed by their files)
 
 
 @dataclass
@@ -40,49 +41,85 @@ def canonical(name):
 
 # -- cache --------------------------------------------------------------------------------------
 def fingerprint(kind, path, A, B):
-    """A key that changes when the source changes: its files' names, sizes and modification times
-    (for image folders, the folders': adding or removing a file changes its folder's time)."""
+    """A key that changes when the source changes: the names, sizes and modification times of the files its
+    decoder reads (for image folders, each image's, found without reading any; nothing else there, the
+    cache folder included, counts)."""
     if kind == 'builtin':
-        files = []
+        root, files = Path(), []  # rendered from fonts
     elif kind in ('uci', 'folder'):
-        files = [path, *sorted(p for p in path.rglob('*') if p.is_dir())]
+        root, files = path, formats.image_files(kind, path)
     elif kind in ('mnist', 'binarized_mnist'):
-        files = sorted(p for p in path.parent.iterdir() if p.is_file())
+        root, files = path.parent, sorted(p for p in path.parent.iterdir() if p.is_file())
     else:
-        files = [path]
-    parts = [kind, str(CACHE_VERSION), str(formats.BUILTIN_PER_CLASS), str(A), str(B)]
-    parts += [f'{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}' for f in files]
+        root, files = path.parent, [path]
+    parts = [kind, str(CACHE_VERSION), str(formats.BUILTIN_PER_CLASS), str(A), str(B), str(root.resolve())]
+    under = len(str(root / '_')) - 1  # a file's path under root is str(f)[under:] (root may be '.')
+    for f in files:
+        stat = os.stat(f)
+        parts.append(f'{str(f)[under:]}:{stat.st_size}:{stat.st_mtime_ns}')
     return hashlib.sha256('\n'.join(parts).encode()).hexdigest()[:20]
 
 
-def cached_fields(c, key):
-    """The cached decode if it is whole and matches key, else None."""
-    x, y, tx, ty, classes = (c.get(f) for f in ('train_x', 'train_y', 'test_x', 'test_y', 'classes'))
-    whole = isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.dim() == 4 \
-        and isinstance(y, torch.Tensor) and len(y) == len(x) and isinstance(classes, list) \
-        and (tx is None or (tx.dtype == torch.uint8 and len(tx) == len(ty)))
-    return (x, y, tx, ty, classes) if whole and c.get('key') == key else None
+def digest(obj):
+    """A checksum of what a cache holds, tensors by their bytes: a file damaged on disk no longer matches."""
+    h = hashlib.sha256()
+    def add(o):
+        if isinstance(o, torch.Tensor):
+            h.update(repr((o.dtype, tuple(o.shape))).encode())
+            h.update(o.detach().cpu().contiguous().numpy())
+        elif isinstance(o, dict):
+            for k, v in o.items():
+                h.update(repr(k).encode())
+                add(v)
+        elif isinstance(o, (list, tuple)):
+            for v in o:
+                add(v)
+        else:
+            h.update(repr(o).encode())
+    add(obj)
+    return h.hexdigest()
+
+
+def save_checked(obj, path, log=print):
+    """save_cache of the dict obj with its checksum, which load_checked verifies."""
+    save_cache({**obj, 'digest': digest(obj)}, path, log)
+
+
+def load_checked(path, use, redo, log=print):
+    """use(the dict save_checked wrote at path), or None where there is nothing sound to use: a file there
+    that is unreadable, damaged (its checksum differs), from an earlier version, or stale (use returns None)
+    is said in one line naming it and redo, what is done instead."""
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location='cpu', weights_only=True)
+        fields = {k: v for k, v in saved.items() if k != 'digest'}
+        if 'digest' not in saved:
+            why = 'stale cache (written by an earlier version)'
+        elif saved['digest'] != digest(fields):
+            why = 'damaged cache (its checksum differs)'
+        elif (value := use(fields)) is not None:
+            return value
+        else:
+            why = 'stale cache (the source changed)'
+    except Exception as e:  # whatever is wrong with the file, the work is redone: it is never trusted
+        why = f'unreadable cache ({type(e).__name__})'
+    log(f"{path}: {why}, {redo}.")
+    return None
 
 
 def decode_cached(kind, path, A, B, cache_dir, log):
     """Decode the source, or read the cache of an earlier decode if the source has not changed.
-    One cache file per source and size; a stale, damaged or partial one is decoded again."""
+    One cache file per source and size; a stale or damaged one is decoded again."""
     key = fingerprint(kind, path, A, B)
     name = hashlib.sha256(f'{kind}:{path and Path(path).resolve()}:{A}x{B}'.encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f'{kind}-{name}.pt'
-    if cache.is_file():
-        try:
-            fields = cached_fields(torch.load(cache, weights_only=True), key)
-        except Exception as e:  # anything unreadable is decoded again, never trusted
-            fields, reason = None, f'unreadable cache ({type(e).__name__})'
-        else:
-            reason = 'stale cache (the source changed)'
-        if fields is not None:
-            return fields
-        log(f"{cache}: {reason}, decoding the source again.")
-    decoded = formats.DECODERS[kind](path, A, B, log)
     fields = ('train_x', 'train_y', 'test_x', 'test_y', 'classes')
-    save_cache(dict(zip(fields, decoded), key=key), cache, log)
+    decoded = load_checked(cache, lambda c: tuple(c[f] for f in fields) if c['key'] == key else None,
+                           'decoding the source again', log)
+    if decoded is None:
+        decoded = formats.DECODERS[kind](path, A, B, log)
+        save_checked(dict(zip(fields, decoded), key=key), cache, log)
     return decoded
 
 
@@ -168,20 +205,31 @@ def load_data(params, log=print):
 
 
 def load_trained(params, record, where, log=print):
-    """The data the checkpoint at where learned: as its record says (the source and absolute path it
-    was read from), refused if it is not the same data now; for checkpoints without a record (the
-    2019 code's, older ones), params' data settings as they stand."""
+    """The data the checkpoint at where learned, looked for where params' data_path says (the user's:
+    train.py's default data/; the built-in set needs none), never where the checkpoint says: its record
+    (the source's kind, name, path and fingerprint) only names what to look for and tells whether what is
+    found is the same data. For checkpoints without a record (the 2019 code's, older ones), params' data
+    settings as they stand."""
     if not record:
         return load_data(params, log)
+    fields = ('name', 'dataset', 'fingerprint', 'data_path')
+    if not (isinstance(record, dict) and all(isinstance(record.get(k), str) and record[k].isprintable()
+                                             and len(record[k]) <= 4096 for k in fields)):
+        raise InputError(f"{where}: its record of the data it learned is damaged; give the data to use with "
+                         f"-data PATH.")
+    learned = f"{where} learned {record['name']} (recorded at {record['data_path']})"
+    here = Path(params['data_path']).expanduser()
+    if record['dataset'] != 'builtin' and not here.exists():
+        raise InputError(f"{learned}; it is looked for in {here} (from {Path.cwd()}), which does not exist. Give "
+                         f"the data to use with -data PATH.")
     try:
-        data = load_data({**params, 'dataset': record['dataset'], 'data_path': record['data_path']}, log)
+        data = load_data({**params, 'dataset': record['dataset'], 'data_path': str(here.resolve())}, log)
     except InputError as e:
-        raise InputError(f"{where} learned {record['name']}, which cannot be read now ({e}) Give the data "
-                         f"to use with -data PATH.") from None
+        raise InputError(f"{learned}, which cannot be read from {here} ({e}) Give the data to use with "
+                         f"-data PATH.") from None
     if data.fingerprint != record['fingerprint']:
-        raise InputError(f"{where} learned {record['name']} (fingerprint {record['fingerprint']}), but what is "
-                         f"found there now differs: {data.name} (fingerprint {data.fingerprint}). Give the data "
-                         f"to use with -data PATH.")
+        raise InputError(f"{learned}, fingerprint {record['fingerprint']}, but what is found in {here} differs: "
+                         f"{data.name} (fingerprint {data.fingerprint}). Give the data to use with -data PATH.")
     return data
 
 

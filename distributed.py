@@ -4,12 +4,18 @@ shuffled order, so batch_size is per process and a step sees K * batch_size imag
 DistributedDataParallel averages the gradients, so the processes stay identical. Only rank 0
 prints and writes files. Without torchrun every function here is the single-process identity."""
 import os
+from contextlib import contextmanager
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 import utils
+
+# how long a collective waits for the other processes before it fails (a process that died or hangs):
+# then rank 0 saves model_interrupted (training.train) instead of waiting forever
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 
 
 def world():
@@ -29,10 +35,10 @@ def start(device_name):
     if device.type == 'cuda':
         device = torch.device('cuda', int(os.environ['LOCAL_RANK']))
         torch.cuda.set_device(device)
-        dist.init_process_group('nccl', device_id=device)
+        dist.init_process_group('nccl', device_id=device, timeout=COLLECTIVE_TIMEOUT)
     else:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', 1))))
-        dist.init_process_group('gloo')
+        dist.init_process_group('gloo', timeout=COLLECTIVE_TIMEOUT)
     return device
 
 
@@ -101,3 +107,32 @@ def agree(flag, device, now=True):
     vote = torch.tensor([float(bool(flag))], device=device)
     dist.all_reduce(vote, op=dist.ReduceOp.MAX)
     return bool(vote.item())
+
+
+def same_data(data, device):
+    """Refuses, in one line on every rank, data that some process decoded differently from rank 0
+    (its fingerprint or its number of training images): the shards of one shuffle would not partition it."""
+    if not dist.is_initialized():
+        return
+    mine = torch.tensor([int(data.fingerprint[:15] or '0', 16), len(data.train_x)], dtype=torch.int64, device=device)
+    found = [torch.zeros_like(mine) for _ in range(world())]
+    dist.all_gather(found, mine)
+    differ = [r for r, t in enumerate(found) if not torch.equal(t, found[0])]
+    if differ:
+        raise utils.InputError(f"under torchrun, process {differ[0]} decoded other data than process 0 "
+                               f"({int(found[differ[0]][1])} training images against {int(found[0][1])}, or other "
+                               f"images): give every process the same data_path and data.")
+
+
+@contextmanager
+def peers_lost(stop):
+    """Within the block, a collective that fails under torchrun (another process died or hangs past
+    COLLECTIVE_TIMEOUT) calls stop(why), which saves this process's state (whole as of its last step:
+    a step's collectives come before its update) and stops."""
+    try:
+        yield
+    except (dist.DistError, RuntimeError) as e:
+        if not dist.is_initialized() or isinstance(e, torch.OutOfMemoryError):
+            raise
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
+        stop(f"another process was lost ({type(e).__name__}: {first})")

@@ -33,7 +33,8 @@ def parse_args(argv=None):
     parser.add_argument(*config.flag('load_path'), required=True, help='checkpoint file, e.g. checkpoint/model_final')
     parser.add_argument(*config.flag('data'),
                         help="a held-out dataset to score, every image in it (file or folder, any format "
-                             "the loader reads; default: the checkpoint's own test split)")
+                             "the loader reads; default: the checkpoint's own test split, its data looked for "
+                             f"in {train.params['data_path']}/)")
     parser.add_argument(*config.flag('k'), type=int, default=50,
                         help='importance samples per image for the IWAE bound (default 50)')
     parser.add_argument(*config.flag('num_samples'), type=int, default=classifier.SCORED_SAMPLES,
@@ -194,7 +195,7 @@ def main(argv=None):
                                            'training_model' if args.weights == 'trained' else 'model')
     out = utils.writable_dir(args.out_dir, '-out_dir')  # before any work
     json_path = args.json and utils.writable_dir(Path(args.json).parent, '-json') / Path(args.json).name
-    params = {**train.params, **params}  # 2019 checkpoints name no data settings: the defaults
+    params = checkpoints.with_user_paths(params, train.params)  # 2019 files name no data settings: the defaults
     classes = ckpt.get('classes') or []
     source = None if args.data is None else load_source(params, args.data)
     if source is not None and model.num_classes:

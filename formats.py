@@ -10,9 +10,15 @@ Sources (train.py's `dataset` key names one; 'auto' takes the first found under 
   folder           any folder of class subfolders of images (the 2019 implementation's layout)
   builtin          all 46 DHCD classes rendered from Devanagari fonts: no download needed
 """
+import csv
+import functools
 import gzip
 import io
+import itertools
+import math
+import os
 import re
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -113,104 +119,208 @@ def find_source(dataset, data_path, setting='data_path'):
 
 
 # -- decoders: each returns (train_x, train_y, test_x or None, test_y or None, classes) ----------
-def read_bytes(path):
+CSV_BLOCK = 1 << 22  # bytes of CSV text parsed at a time (~1,100 DHCD rows): the work space beside the images
+LONGEST_LINE = 1 << 26  # bytes: no row of an image CSV is longer (a 2048x2048 image's is ~15 MB)
+MAX_IMAGE_PIXELS = 1 << 24  # an image that would decode larger (4096x4096) is skipped before it is decoded
+
+
+def opened(path):
+    """path opened for reading bytes, decompressed as read when it ends in .gz."""
     if not path.is_file():
         raise InputError(f"{path}: file not found; the {path.parent} folder is incomplete.")
-    data = path.read_bytes()
-    if path.suffix == '.gz':
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as e:
-            raise InputError(f"{path}: not a readable gzip file ({e}); download it again.") from None
-    return data
+    return gzip.open(path, 'rb') if path.suffix.lower() == '.gz' else open(path, 'rb')
+
+
+def read(f, path, size=-1):
+    """size bytes of f (all with -1), a damaged file an InputError naming path."""
+    try:
+        return f.read(size)
+    except (OSError, EOFError, zlib.error) as e:
+        kind = 'gzip file' if path.suffix.lower() == '.gz' else 'file'
+        raise InputError(f"{path}: not a readable {kind} ({e}); download it again.") from None
+
+
+def read_bytes(path):
+    with opened(path) as f:
+        return read(f, path)
 
 
 def count_per_line(raw, chars):
-    """For each line of raw text: how many of its bytes are in chars, and how many are not blank."""
+    """For each line of raw text: how many of its bytes are in chars, and how many are not blank.
+    Counted from the positions of those bytes, a few bytes of work space per byte of text."""
     buf = np.frombuffer(raw, dtype=np.uint8)
-    bounds = np.concatenate(([0], np.flatnonzero(buf == ord('\n')) + 1, [len(buf)]))
-    def per_line(mask):
-        return np.diff(np.concatenate(([0], np.cumsum(mask)))[bounds])
-    return per_line(np.isin(buf, list(chars))), per_line(~np.isin(buf, list(b' \t\r\n')))
+    ends = np.flatnonzero(buf == ord('\n'))
+    def per_line(members):
+        table = np.zeros(256, dtype=bool)
+        table[list(members)] = True
+        return np.bincount(np.searchsorted(ends, np.flatnonzero(table[buf])), minlength=len(ends) + 1)
+    lengths = np.diff(np.concatenate(([0], ends + 1, [len(buf)])))
+    return per_line(chars), lengths - per_line(b' \t\r\n')
 
 
-def decode_csv(path, A, B, log):
-    raw = read_bytes(path).removeprefix(b'\xef\xbb\xbf').replace(b'\r\n', b'\n')
-    commas, filled = count_per_line(raw, b',')
-    lines = np.flatnonzero(filled)  # blank lines are skipped
-    if len(lines) < 2:
+def text_blocks(path, size=None):
+    """(the number of its first line, whole lines of path's text), about size bytes at a time, read as
+    they are needed: the BOM dropped, CRLF read as LF."""
+    size, line = size or CSV_BLOCK, 1
+    with opened(path) as f:
+        text = read(f, path, size).removeprefix(b'\xef\xbb\xbf')
+        while text:
+            more = read(f, path, size)
+            cut = text.rfind(b'\n') + 1 if more else len(text)
+            if not cut:  # no line end yet: read on
+                if len(text) > LONGEST_LINE:
+                    raise InputError(f"{path}, line {line}: over {LONGEST_LINE >> 20} MB without a line end; "
+                                     f"not a CSV of images.")
+                text += more
+                continue
+            block = text[:cut].replace(b'\r\n', b'\n')
+            yield line, block
+            line += block.count(b'\n')
+            text = text[cut:] + more
+
+
+def csv_header(path, blocks):
+    """The CSV's first non-blank line, checked against Kaggle's layout: (that line, its pixel columns,
+    the number of the next line, the rest of its block)."""
+    for first, text in blocks:
+        blank = len(text) - len(text.lstrip(b' \t\r\n'))
+        if blank < len(text):
+            start = text.rfind(b'\n', 0, blank) + 1
+            header, _, rest = text[start:].partition(b'\n')
+            break
+    else:
         raise InputError(f"{path}: no data rows under the header; a DHCD CSV has one row per image.")
-    bad = lines[commas[lines] != commas[lines[0]]]
-    if len(bad):
-        raise InputError(f"{path}, line {bad[0] + 1}: {commas[bad[0]] + 1} fields where the header has "
-                         f"{commas[lines[0]] + 1}; each row needs one value per pixel, then the class name.")
-    text = b'\n'.join(line for line in raw.split(b'\n') if line.strip())
     try:
-        df = pd.read_csv(io.BytesIO(text), low_memory=False, dtype={'character': str}, keep_default_na=False)
-    except (pd.errors.ParserError, ValueError) as e:
-        raise InputError(f"{path}: not a readable CSV ({e}).") from None
-    pixel_cols = [c for c in df.columns if str(c).startswith('pixel')]
-    side = int(round(len(pixel_cols) ** 0.5))
-    if 'character' not in df.columns or not pixel_cols or side * side != len(pixel_cols) \
-            or len(df.columns) != len(pixel_cols) + 1:
+        found = next(csv.reader([header.decode('utf-8', 'replace')]))
+    except csv.Error:
+        found = header.decode('utf-8', 'replace').split(',')
+    side = math.isqrt(len(found) - 1)
+    pixels = [f'pixel_{k:04d}' for k in range(side * side)]
+    if not pixels or found != [*pixels, 'character']:
         raise InputError(f"{path}: the header must be pixel_0000,...,pixel_1023,character (Kaggle's DHCD "
                          f"layout: one column per pixel of a square image, then the class); found "
-                         f"{len(df.columns)} columns: {', '.join(map(str, df.columns[:3]))}, ...")
-    pixels = df[pixel_cols].apply(pd.to_numeric, errors='coerce').to_numpy(dtype=np.float32)
-    bad = np.isnan(pixels) | (pixels < 0) | (pixels > 255) | (pixels != np.round(pixels))
+                         f"{len(found)} columns: {', '.join(found[:3])}, ...")
+    return header, pixels, first + text.count(b'\n', 0, start) + 1, rest
+
+
+def csv_rows(path, text, first, header, pixels):
+    """The rows in text, whole lines of the CSV from line number first: their pixels, uint8 (n, pixels),
+    and class names. Blank lines are skipped; a bad row is an InputError naming its line."""
+    commas, filled = count_per_line(text, b',')
+    lines = np.flatnonzero(filled)
+    bad = lines[commas[lines] != len(pixels)]
+    if len(bad):
+        raise InputError(f"{path}, line {first + bad[0]}: {commas[bad[0]] + 1} fields where the header has "
+                         f"{len(pixels) + 1}; each row needs one value per pixel, then the class name.")
+    if not len(lines):
+        return np.zeros((0, len(pixels)), dtype=np.uint8), pd.Series([], dtype=str)
+    split = text.split(b'\n')
+    body = b'\n'.join([header, *(split[i] for i in lines)])
+    try:
+        df = pd.read_csv(io.BytesIO(body), low_memory=False, dtype={'character': str}, keep_default_na=False)
+    except (pd.errors.ParserError, ValueError) as e:
+        raise InputError(f"{path}: not a readable CSV ({e}).") from None
+    numbers = df.iloc[:, :-1]  # the pixel columns, as the header was checked
+    if not all(kind in 'iuf' for kind in numbers.dtypes.map(lambda t: t.kind)):  # some value was not a number
+        numbers = numbers.apply(pd.to_numeric, errors='coerce')
+    values = numbers.to_numpy(dtype=np.float32)
+    bad = np.isnan(values) | (values < 0) | (values > 255) | (values != np.round(values))
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise InputError(f"{path}, line {lines[row + 1] + 1}, {pixel_cols[col]}: "
-                         f"{df[pixel_cols[col]].iat[row]!r} is not a pixel value (an integer 0-255).")
+        raise InputError(f"{path}, line {first + lines[row]}, {pixels[col]}: "
+                         f"{df[pixels[col]].iat[row]!r} is not a pixel value (an integer 0-255).")
     names = df['character'].str.strip()
     if (names == '').any():
         row = int(np.flatnonzero((names == '').to_numpy())[0])
-        raise InputError(f"{path}, line {lines[row + 1] + 1}: the character (class name) is empty.")
+        raise InputError(f"{path}, line {first + lines[row]}: the character (class name) is empty.")
+    return values.astype(np.uint8), names
+
+
+def decode_csv(path, A, B, log):
+    """Kaggle's layout, read a block of lines at a time: the header is checked before any row is parsed,
+    and no more than a block of text is held beside the images."""
+    blocks = text_blocks(path)
+    header, pixels, first, rest = csv_header(path, blocks)
+    rows = [csv_rows(path, text, n, header, pixels) for n, text in itertools.chain([(first, rest)], blocks)]
+    images = np.concatenate([x for x, _ in rows])
+    if not len(images):
+        raise InputError(f"{path}: no data rows under the header; a DHCD CSV has one row per image.")
+    names = pd.concat([n for _, n in rows], ignore_index=True)
     classes = sorted(names.unique(), key=natural_key)
     labels = names.map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64, copy=True)
-    x = torch.from_numpy(pixels.astype(np.uint8).reshape(-1, 1, side, side))
+    side = math.isqrt(len(pixels))
+    x = torch.from_numpy(images.reshape(-1, 1, side, side))
     return resize(x, A, B, path, log), torch.from_numpy(labels), None, None, classes
 
 
-def decode_image(path):
+def decode_image(path, A, B):
+    """(the image at path, grey, resized to A x B; its own width and height), or (None, None, why not).
+    Its size is read from its header first: one that would decode larger than MAX_IMAGE_PIXELS is
+    skipped undecoded; a JPEG decodes at the smallest scale (1/2 to 1/8) still A x B or larger."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert('L')), None
+            size = im.size
+            im.draft('L', (A, B))
+            if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
+                return None, None, (f"{path.name}: {im.size[0]}x{im.size[1]} pixels, over the limit of "
+                                    f"{MAX_IMAGE_PIXELS:,} (formats.MAX_IMAGE_PIXELS); shrink it or remove it")
+            grey = im.convert('L')
+            return np.asarray(grey if grey.size == (A, B) else grey.resize((A, B), Image.BILINEAR)), size, None
     except Exception as e:  # PIL raises many types for broken files; each is reported by name
-        return None, f"{path.name}: {type(e).__name__}: {e}"
+        return None, None, f"{path.name}: {type(e).__name__}: {e}"
+
+
+def class_folder_files(root, classes=None):
+    """The images under root/<class>/ (classes: root's subfolders, unless given), their labels, the classes."""
+    classes = classes or sorted((d.name for d in subdirs(root)), key=natural_key)
+    files, labels = [], []
+    for i, name in enumerate(classes):
+        folder = root / name
+        found = sorted(e.name for e in os.scandir(folder) if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES) \
+            if folder.is_dir() else []
+        files += [folder / f for f in found]
+        labels += [i] * len(found)
+    return files, labels, classes
+
+
+def uci_folders(root):
+    """The Train and Test folders of the UCI layout at root."""
+    dirs = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+    return dirs['train'], dirs['test']
+
+
+def image_files(kind, path):
+    """Every image file the decoder of this uci or folder source reads."""
+    if kind == 'folder':
+        return class_folder_files(path)[0]
+    train, test = uci_folders(path)
+    files, _, classes = class_folder_files(train)
+    return files + class_folder_files(test, classes)[0]
 
 
 def decode_class_folders(root, A, B, log, classes=None):
-    """Images under root/<class>/; unreadable files are skipped, counted and reported."""
-    classes = classes or sorted((d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith('.')),
-                                key=natural_key)
-    files, labels = [], []
-    for i, name in enumerate(classes):
-        found = sorted(f for f in (root / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) \
-            if (root / name).is_dir() else []
-        files += found
-        labels += [i] * len(found)
+    """Images under root/<class>/, each resized to A x B as it is decoded; unreadable and oversized
+    files are skipped, counted and reported."""
+    files, labels, classes = class_folder_files(root, classes)
     with ThreadPoolExecutor() as pool:
-        decoded = list(pool.map(decode_image, files, chunksize=256))
-    errors = [err for _, err in decoded if err]
+        decoded = list(pool.map(functools.partial(decode_image, A=A, B=B), files))
+    errors = [err for _, _, err in decoded if err]
     if errors:
-        log(f"{root}: skipped {len(errors)} unreadable image(s) of {len(files)}, e.g. {errors[0]}")
-    keep = [i for i, (img, _) in enumerate(decoded) if img is not None]
+        log(f"{root}: skipped {len(errors)} unreadable or oversized image(s) of {len(files)}, e.g. {errors[0]}")
+    keep = [i for i, (img, _, _) in enumerate(decoded) if img is not None]
     if not keep:
         raise InputError(f"{root}: no readable images in its class folders ({', '.join(classes[:5])}...).")
-    images = [decoded[i][0] for i in keep]
-    other = sorted({img.shape[::-1] for img in images} - {(A, B)})
+    other = sorted({decoded[i][1] for i in keep} - {(A, B)})
     if other:
         log(f"{root}: images of size {', '.join(f'{w}x{h}' for w, h in other)} resized to {A}x{B}.")
-    x = np.stack([img if img.shape == (B, A) else np.asarray(Image.fromarray(img).resize((A, B), Image.BILINEAR))
-                  for img in images])
+    x = np.stack([decoded[i][0] for i in keep])
     return torch.from_numpy(x).unsqueeze(1), torch.tensor([labels[i] for i in keep]), classes
 
 
 def decode_uci(root, A, B, log):
-    dirs = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
-    train_x, train_y, classes = decode_class_folders(dirs['train'], A, B, log)
-    test_x, test_y, _ = decode_class_folders(dirs['test'], A, B, log, classes)
+    train, test = uci_folders(root)
+    train_x, train_y, classes = decode_class_folders(train, A, B, log)
+    test_x, test_y, _ = decode_class_folders(test, A, B, log, classes)
     return train_x, train_y, test_x, test_y, classes
 
 
@@ -281,10 +391,13 @@ DECODERS = {'csv': decode_csv, 'uci': decode_uci, 'folder': decode_folder, 'mnis
 
 
 def resize(x, A, B, where, log):
-    """(n, 1, h, w) uint8 -> (n, 1, B, A), with one line said when a resize happens."""
+    """(n, 1, h, w) uint8 -> (n, 1, B, A), with one line said when a resize happens; in chunks, so the
+    float work space stays small beside the images."""
     if x.shape[-2:] == (B, A):
         return x
     if log:
         log(f"{where}: images are {x.shape[-1]}x{x.shape[-2]}, resized to {A}x{B} (set A and B to keep them).")
-    y = F.interpolate(x.float(), size=(B, A), mode='bilinear', antialias=True, align_corners=False)
-    return y.round().clamp(0, 255).to(torch.uint8)
+    def resized(chunk):
+        y = F.interpolate(chunk.float(), size=(B, A), mode='bilinear', antialias=True, align_corners=False)
+        return y.round().clamp(0, 255).to(torch.uint8)
+    return torch.cat([resized(chunk) for chunk in x.split(4096)])

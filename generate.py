@@ -49,7 +49,8 @@ def parse_args(argv=None):
     which.add_argument(*config.flag('html'), metavar='PATH',
                        help='write a web page that draws with this checkpoint in the browser (e.g. draw.html)')
     parser.add_argument(*config.flag('data'),
-                        help='with -reconstruct: the data to redraw (default: the checkpoint\'s own)')
+                        help=f"with -reconstruct: the data to redraw (default: the checkpoint's own, looked for "
+                             f"in {train.params['data_path']}/)")
     parser.add_argument('-as', '--as', dest='as_classes', metavar='NAMES',
                         help='with -reconstruct, conditional models: redraw each image as these classes too, '
                              'e.g. ka,kha or all')
@@ -166,7 +167,7 @@ def main(argv=None):
     if args.html:
         return write_page(model, ckpt, args)
     out = utils.writable_dir(args.out_dir, '-out_dir')  # before any work
-    params = {**train.params, **params}  # 2019 checkpoints name no data settings: the defaults
+    params = checkpoints.with_user_paths(params, train.params)  # 2019 files name no data settings: the defaults
     classes = ckpt.get('classes') or []
     glyphs = checkpoint_glyphs(ckpt)
     targets = as_classes(args, model, classes, glyphs) if args.as_classes else None

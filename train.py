@@ -4,6 +4,7 @@ line for scripted runs:  python train.py epoch_num=1 batch_size=32 dataset=csv
 import copy
 import re
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ import compiling
 import config
 import distributed
 import figures
+import runs
 import utils
 import training
 from dataloader import load_data, mean_image, model_inputs, to_input
@@ -70,22 +72,42 @@ params = {
 }
 
 
-def prepare_data(p, device):
+def prepare_data(p, device, ckpt=None):
     """The dataset on the device: (images, labels) of train, images as uint8, and of test, images as
-    model inputs (binarized once, seeded)."""
+    model inputs (binarized once, seeded); for a resume, checked to be the data that ckpt learned."""
     data = load_data(p, log)
+    distributed.same_data(data, device)
     if len(data.train_x) == 0 or len(data.test_x) == 0:
         raise utils.InputError(f"{data.name}: {len(data.train_x)} train and {len(data.test_x)} test images "
                                f"after the class filter; both splits need at least one.")
     if p['conditional'] and len(data.classes) < 2:
         raise utils.InputError(f"conditional=True: {data.name} has {len(data.classes)} class; a class-conditional "
                                f"model needs labelled data with at least two classes.")
+    if ckpt:
+        check_same_data(ckpt, data, p['resume'])
     fixed = torch.Generator().manual_seed(p['seed'])
     test_x = model_inputs(data.test_x, p).to(device)
     sample = data.train_x[torch.randperm(len(data.train_x), generator=fixed)[:training.GIF_SAMPLES]]
     if distributed.rank() == 0:
         figures.save_grid(to_input(sample, p['binarize'], p['channel'], fixed), Path(p['image_dir']) / 'Training_Data.png')
     return data, (data.train_x.to(device), data.train_y.to(device)), (test_x, data.test_y.to(device))
+
+
+def check_same_data(ckpt, data, where):
+    """A resume refused on other data than the checkpoint at where learned: another list of classes, or
+    other images (the fingerprint of images, labels, split and classes). Older files, without them, pass."""
+    classes, record = ckpt.get('classes'), ckpt.get('data') if isinstance(ckpt.get('data'), dict) else {}
+    learned = f"(data_path={record['data_path']})" if isinstance(record.get('data_path'), str) else ''
+    if isinstance(classes, list) and classes != data.classes:
+        changes = [*(f'-{c}' for c in classes if c not in data.classes),
+                   *(f'+{c}' for c in data.classes if c not in classes)]
+        raise utils.InputError(f"{where}: learned {plural(len(classes), 'class')}, but {data.name} now gives "
+                               f"{len(data.classes)} ({', '.join(changes[:6]) or 'in another order'}); resume on "
+                               f"the data and classes it learned {learned}, or start a new run.")
+    if record.get('fingerprint') and record['fingerprint'] != data.fingerprint:
+        raise utils.InputError(f"{where}: learned {record.get('name')} (fingerprint {record['fingerprint']}), but the "
+                               f"data loaded now, {data.name}, differs (fingerprint {data.fingerprint}); resume on "
+                               f"the data it learned {learned}, or start a new run.")
 
 
 def usage():
@@ -116,14 +138,20 @@ def configure(argv):
             raise utils.InputError(f"{p['resume']}: holds no training state (not written by this train.py); "
                                    f"generate.py can draw from it, but training cannot resume from it.")
         # files from before the recipe keys trained without them: c_0 = 0 (model_params), no warm-up, no free
-        # bits, a constant learning rate (their own learning_rate is in their params), no moving average
-        saved = {**params, 'kl_warmup': 0, 'free_bits': 0.0, 'lr_schedule': 'constant', 'ema': 0.0,
-                 **{k: v for k, v in checkpoints.model_params(p['resume'], ckpt).items() if k in params}}
+        # bits, a constant learning rate (their own learning_rate is in their params), no moving average;
+        # its paths are the user's: the run goes on in the folder of the file resumed, data and images as given
+        saved = checkpoints.with_user_paths(
+            {k: v for k, v in checkpoints.model_params(p['resume'], ckpt).items() if k in params},
+            {**params, 'kl_warmup': 0, 'free_bits': 0.0, 'lr_schedule': 'constant', 'ema': 0.0,
+             'checkpoint_dir': str(Path(p['resume']).parent)})
         p = config.apply_overrides({**saved, 'resume': p['resume']}, argv)
         changed = [f"{k}={p[k]!r} (checkpoint: {saved[k]!r})" for k in config.MODEL_KEYS if p[k] != saved[k]]
         if changed:
             raise utils.InputError(f"{p['resume']}: a resumed run keeps the model it saved; remove "
                                    f"{', '.join(changed)}.")
+        if p['batch_size'] != saved['batch_size']:
+            raise utils.InputError(f"{p['resume']}: a resumed run keeps its batch size, or it would go on at the wrong "
+                                   f"image; remove batch_size={p['batch_size']} (checkpoint: {saved['batch_size']}).")
         total = ckpt.get('total_steps')
         if (total and {'minutes', 'epoch_num'} & given) or (p['minutes'] and not saved['minutes']):
             raise utils.InputError(
@@ -158,23 +186,41 @@ def main(argv=None):
         p[key] = str(utils.writable_dir(p[key], key))
     device = distributed.start(p['device'])
     try:
-        train_on(p, ckpt, device, start)
+        check_world(ckpt, p['resume'])
+        run_id = runs.id_of(ckpt) or runs.new_id()  # a resume goes on as its run
+        with runs.folder_lock(p['checkpoint_dir']) if distributed.rank() == 0 else nullcontext():
+            if distributed.rank() == 0:
+                runs.remove_temporary(p['checkpoint_dir'], log)
+                runs.keep_earlier(p['checkpoint_dir'], p['image_dir'], run_id, p['resume'], log)
+            train_on(p, ckpt, device, start, run_id)
     finally:
         distributed.stop()
 
 
-def train_on(p, ckpt, device, start):
+def check_world(ckpt, where):
+    """A resume refused in another number of processes than its checkpoint trained in (older files: not
+    recorded, not checked): each one's share of the epoch would change."""
+    world = ckpt.get('world') if ckpt else None
+    if isinstance(world, int) and world != distributed.world():
+        raise utils.InputError(f"{where}: trained in {plural(world, 'process')}, resumed in {distributed.world()}: "
+                               f"each one's share of the epoch would change, and the run go on at the wrong image; "
+                               f"resume it " + (f"with torchrun --nproc_per_node={world}." if world > 1 else
+                                                "without torchrun."))
+
+
+def train_on(p, ckpt, device, start, run_id):
     precision, why = utils.resolve_precision(p['precision'], device)
     utils.seed_everything(p['seed'])
-    data, train, test = prepare_data(p, device)
+    data, train, test = prepare_data(p, device, ckpt)
     model = DRAWModel(p, len(data.classes)).to(device)
     if model.canvas_bias is not None and not ckpt:
         model.init_canvas(mean_image(train[0], p))
     optimizer = torch.optim.Adam(model.parameters(), lr=p['learning_rate'], betas=(p['beta1'], 0.999), fused=True)
     averaged = copy.deepcopy(model).requires_grad_(False) if p['ema'] else None
-    run = training.Run(model, averaged, optimizer, training.RunState())
+    run = training.Run(model, averaged, optimizer, training.RunState(run=run_id))
     if ckpt:
         run.restore(ckpt, training.steps_per_epoch(len(train[0]), p['batch_size']), train[0])
+        run.state.run = run_id  # its own, where it holds a well-formed one (runs.id_of)
     state = run.state
     resumed = f", resuming after epoch {state.epoch} step {state.batch}" if ckpt else ''
     processes = f" in each of {distributed.world()} processes" if distributed.world() > 1 else ''

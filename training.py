@@ -52,6 +52,7 @@ class RunState:
     bad_in_a_row: int = 0  # the non-finite steps that end the run so far
     total_steps: int | None = None  # the length a minutes=N run fixed; None: epoch_num epochs
     fall: list | None = None  # [step, rate]: where a refit restarted the wsd rate's fall (schedules.learning_rate)
+    run: str | None = None  # the run's id (runs.py): every checkpoint of the run holds it, a resume keeps it
 
     def total(self, p, per_epoch):
         """The steps of the whole run: what minutes=N fixed, or epoch_num epochs (None while timing)."""
@@ -74,9 +75,10 @@ class RunState:
     def restored(cls, ckpt, per_epoch, train_x):
         """The state saved in ckpt (files from before RunState lack step, total_steps and fall), its
         epoch's order on train_x's device; refused where the interrupted epoch ran over other data."""
-        saved = {f.name: ckpt[f.name] for f in fields(cls) if f.name not in ('step', 'total_steps', 'fall')}
+        later = ('step', 'total_steps', 'fall', 'run')  # what older files lack
+        saved = {f.name: ckpt[f.name] for f in fields(cls) if f.name not in later}
         state = cls(**saved, step=ckpt.get('step', ckpt['epoch'] * per_epoch + ckpt['batch']),
-                    total_steps=ckpt.get('total_steps'), fall=ckpt.get('fall'))
+                    total_steps=ckpt.get('total_steps'), fall=ckpt.get('fall'), run=ckpt.get('run'))
         if state.order is not None:
             if len(state.order) != len(train_x):
                 raise utils.InputError(f"resume: the interrupted epoch ran over {len(state.order)} images, the data "
@@ -121,13 +123,14 @@ class Run:
                                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}).") from None
 
     def save(self, name, p, data):
-        """The checkpoint checkpoint_dir/name (written by rank 0 only); its path."""
+        """The checkpoint checkpoint_dir/name (written by rank 0 only), with the number of processes
+        that trained it; its path."""
         path = Path(p['checkpoint_dir']) / name
         if distributed.rank() == 0:
             trained = {} if self.averaged is None else {'training_model': self.model.state_dict()}
             checkpoints.save_checkpoint(path, self.shown, self.optimizer, p, **self.state.saved(), **trained,
-                                        classes=data.classes, glyphs=data.glyphs, data=data.record(p),
-                                        rng=utils.rng_state())
+                                        world=distributed.world(), classes=data.classes, glyphs=data.glyphs,
+                                        data=data.record(p), rng=utils.rng_state())
         return path
 
 
@@ -155,9 +158,13 @@ class NonFinite:
     """Counts the steps in a row whose loss or gradient is not finite, on the device; read every
     `every` steps, it stops the run at nonfinite_limit of them."""
 
-    def __init__(self, state, p, device):
-        self.limit, self.every = p['nonfinite_limit'], min(LOG_EVERY, p['nonfinite_limit'])
-        self.in_a_row = torch.tensor(state.bad_in_a_row, device=device)
+    def __init__(self, p, device):
+        self.limit, self.every, self.device = p['nonfinite_limit'], min(LOG_EVERY, p['nonfinite_limit']), device
+        self.losses, self.oks = [], []
+
+    def begin(self, state):
+        """At an epoch's start (or where a resume left it)."""
+        self.in_a_row = torch.tensor(state.bad_in_a_row, device=self.device)
         self.longest, self.losses, self.oks = self.in_a_row.clone(), [], []
 
     def add(self, loss, ok):
@@ -178,11 +185,12 @@ class NonFinite:
         return recent.mean().item() if len(recent) else None
 
     def finite(self, state):
-        """The epoch's finite losses, as floats, kept in state with the count of those skipped."""
+        """The epoch's finite losses not yet kept, as floats, kept in state with the count of those skipped."""
         oks = torch.stack(self.oks) if self.oks else torch.zeros(0, dtype=torch.bool)
         state.skipped += int((~oks).sum())
         losses = torch.stack(self.losses)[oks].tolist() if len(oks) else []
         state.losses += losses
+        self.losses, self.oks = [], []
         return losses
 
 
@@ -195,8 +203,8 @@ def train(run, objective, data, train, test, p, start, plan=None, scorer=None):
     Under torchrun only rank 0 evaluates and writes. start: the script's start, by budget.clock."""
     state, (train_x, train_y), bs = run.state, train, p['batch_size']
     per_epoch, main = steps_per_epoch(len(train_x), bs), distributed.rank() == 0
-    metrics = Metrics(p, state.step > 0, start)
-    with utils.StopSignals() as stop:
+    metrics, watch = Metrics(p, state.step > 0, start), NonFinite(p, train_x.device)
+    with utils.StopSignals() as stop, distributed.peers_lost(lambda why: interrupted(run, p, data, watch, why=why)):
         while state.total(p, per_epoch) is None or state.step < state.total(p, per_epoch):
             if state.order is None:
                 state.order = distributed.same_everywhere(torch.randperm(len(train_x), device=train_x.device))
@@ -205,14 +213,13 @@ def train(run, objective, data, train, test, p, start, plan=None, scorer=None):
                 log(said)
                 metrics.write('length', epoch=state.epoch, total_steps=state.total_steps)
             began, first, mine = time.perf_counter(), state.batch, distributed.shard(state.order)
-            watch = NonFinite(state, p, train_x.device)
+            watch.begin(state)
             with tqdm(total=per_epoch, initial=state.batch, unit='batch', leave=False, disable=None if main else True,
                       desc=f"epoch {state.epoch + 1}/{state.epochs(p, per_epoch) or '?'}") as bar:
                 run.model.train()
                 while state.batch < state.epoch_steps(p, per_epoch):
                     if distributed.agree(stop.received, train_x.device, now=(state.batch - first) % watch.every == 0):
-                        watch.finite(state)
-                        interrupted(run, p, data, stop.received)
+                        interrupted(run, p, data, watch, stop.received)
                     batch = mine[state.batch * bs:(state.batch + 1) * bs]
                     rate = schedules.learning_rate(p, state.step, state.total(p, per_epoch), state.fall)
                     for group in run.optimizer.param_groups:
@@ -278,13 +285,16 @@ def end_epoch(run, losses, seconds, images, data, test, p, plan, scorer, metrics
             print('\n'.join(scorer(run.shown)))
 
 
-def interrupted(run, p, data, signum):
-    """Saves model_interrupted and stops with the signal's exit status (under torchrun, another
-    rank's signal reads as SIGTERM)."""
+def interrupted(run, p, data, watch, signum=None, why=None):
+    """Saves model_interrupted, the state as of the last step done, and stops: on a signal (under
+    torchrun, another rank's signal reads as SIGTERM) with its exit status, or, why, where another
+    process of torchrun was lost."""
+    watch.finite(run.state)
     path = run.save('model_interrupted', p, data)
     signum = signum or signal.SIGTERM
-    raise utils.Stopped(f"{signal.Signals(signum).name} at epoch {run.state.epoch + 1}, step {run.state.batch}: "
-                        f"saved {path}. Resume with: python train.py resume={path}", 128 + signum)
+    what = why or signal.Signals(signum).name
+    raise utils.Stopped(f"{what} at epoch {run.state.epoch + 1}, step {run.state.batch}: "
+                        f"saved {path}. Resume with: python train.py resume={path}", 1 if why else 128 + signum)
 
 
 def chore_seconds(run, test, p, per_epoch, scorer):

@@ -5,6 +5,7 @@ import os
 import random
 import re
 import signal
+import stat
 import sys
 import tempfile
 from contextlib import suppress
@@ -150,8 +151,9 @@ class WriteError(Stopped):
 
 
 def write_atomic(path, data):
-    """bytes -> path through a temporary file beside it, renamed onto path only once whole on disk; an
-    OSError becomes a WriteError naming path, with the temporary file removed."""
+    """bytes -> path through a temporary file beside it, renamed onto path only once whole on disk, the
+    folder's new entry then synced too; a file replaced keeps its permissions. An OSError becomes a
+    WriteError naming path, with the temporary file removed."""
     path, tmp = Path(path), None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,9 +162,13 @@ def write_atomic(path, data):
             f.write(data)
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except FileNotFoundError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask  # mkstemp's 0600 would hide the file from other users
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except OSError as e:
         raise WriteError(path, e) from None
@@ -170,6 +176,12 @@ def write_atomic(path, data):
         if tmp and os.path.exists(tmp):
             with suppress(OSError):  # never hides the error that got here
                 os.remove(tmp)
+    with suppress(OSError):  # the rename on disk too; some filesystems cannot sync a folder
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
 def atomic_save(obj, path):

@@ -33,3 +33,31 @@ def test_shards_partition_the_order(monkeypatch):
         parts.append(distributed.shard(order))
     assert all(len(part) == 3 for part in parts)  # equal steps on every rank; 2 images sit this epoch out
     assert len(set(torch.cat(parts).tolist())) == 9 and set(torch.cat(parts).tolist()) <= set(order.tolist())
+
+
+def torchrun_with(fault, folder, *args):
+    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                           str(ROOT / 'tests' / 'torchrun_faults.py'), fault, *TINY, *args], cwd=folder,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_a_process_that_dies_leaves_rank_0_s_state_saved(tmp_path):
+    """Process 1 is killed in its third step: process 0's collective fails (or torchrun stops it), and it
+    saves model_interrupted, as of its last whole step, with one line; that file resumes."""
+    work = write_tiny_csv(tmp_path)
+    out = torchrun_with('die', work, 'epoch_num=3')
+    assert out.returncode != 0
+    assert 'saved checkpoint/model_interrupted' in out.stderr, out.stderr[-3000:]
+    ckpt = torch.load(work / 'checkpoint' / 'model_interrupted', weights_only=True)
+    assert ckpt['step'] == 2 and len(ckpt['losses']) == 2
+    resumed = torchrun_with('none', work, 'resume=checkpoint/model_interrupted')
+    assert resumed.returncode == 0 and 'resuming after epoch 1 step 0' in resumed.stdout, resumed.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_processes_that_decoded_other_data_are_refused(tmp_path):
+    work = write_tiny_csv(tmp_path)
+    out = torchrun_with('other_data', work, 'epoch_num=1')
+    assert out.returncode != 0 and 'process 1 decoded other data than process 0' in out.stderr, out.stderr[-3000:]
+    assert not (work / 'checkpoint' / 'model_final').exists()

@@ -89,7 +89,8 @@ def test_generate_rejects_bad_flags(args, message, capsys):
     ('dataset=imagenet', "dataset='imagenet' is not a source"),
     ('classes=character_99_zz', "unknown class 'character_99_zz'"),
 ])
-def test_train_rejects_bad_overrides(override, message, tmp_path):
+def test_train_rejects_bad_overrides(override, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # its checkpoint/ and images/ there, not in the repository
     with pytest.raises(InputError) as error:
         train.main([*TINY, f'data_path={tmp_path}', 'dataset=builtin', f'cache_dir={tmp_path}', override])
     assert message in str(error.value)
@@ -98,6 +99,7 @@ def test_train_rejects_bad_overrides(override, message, tmp_path):
 @pytest.mark.slow
 def test_bf16_where_it_is_not_native_is_refused_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(utils, 'native_bf16', lambda device: None)
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(InputError, match='precision=bf16: cpu has no native bfloat16'):
         train.main([*TINY, f'data_path={tmp_path}', 'dataset=builtin', f'cache_dir={tmp_path}',
                     f'image_dir={tmp_path}/images', 'precision=bf16'])
@@ -190,6 +192,7 @@ def test_a_data_path_that_does_not_exist_is_an_error_not_the_builtin_set(tmp_pat
 @pytest.mark.slow
 def test_a_given_folder_without_data_is_an_error(tmp_path, monkeypatch):
     (tmp_path / 'mine').mkdir()
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(InputError, match='data_path .*mine: no data found in this folder'):
         train.main([*TINY, f'data_path={tmp_path / "mine"}'])
 

@@ -120,19 +120,23 @@ def test_resume_keeps_the_model_and_refuses_foreign_checkpoints(work):
         train_in(work, f'resume={work / "shuffled"}', 'epoch_num=2')
 
 
+def ctrl_c_at_call(monkeypatch, n):
+    """SIGINT to this process in the n-th call of the model's ELBO terms (training steps and test batches)."""
+    calls, elbo_terms = [0], DRAWModel.elbo_terms
+
+    def terms_then_ctrl_c(self, x, y=None):
+        calls[0] += 1
+        if calls[0] == n:
+            os.kill(os.getpid(), signal.SIGINT)
+        return elbo_terms(self, x, y)
+    monkeypatch.setattr(DRAWModel, 'elbo_terms', terms_then_ctrl_c)
+
+
 @pytest.mark.slow
 def test_interrupt_mid_epoch_saves_and_resumes_exactly(work, monkeypatch):
     straight = train_in(work, 'epoch_num=2', out='straight')
-    calls, elbo_terms = [0], DRAWModel.elbo_terms
-
-    def terms_then_ctrl_c(self, x, y=None):  # 5 steps and a test batch in epoch 1: call 9 is epoch 2's 3rd step
-        calls[0] += 1
-        if calls[0] == 9:
-            os.kill(os.getpid(), signal.SIGINT)
-        return elbo_terms(self, x, y)
-
     with monkeypatch.context() as m:
-        m.setattr(DRAWModel, 'elbo_terms', terms_then_ctrl_c)
+        ctrl_c_at_call(m, 9)  # 5 steps and a test batch in epoch 1: call 9 is epoch 2's 3rd step
         with pytest.raises(utils.Stopped, match='SIGINT at epoch 2, step 3') as stopped:
             train_in(work, 'epoch_num=2', 'save_epoch=1', out='cut')
     assert stopped.value.exit_code == 128 + signal.SIGINT
@@ -161,7 +165,7 @@ def test_signal_to_a_real_run_saves_its_state_and_keeps_old_checkpoints(work, si
     assert digest(first) == before  # the earlier checkpoint is untouched
     state = load(work / 'checkpoint' / 'model_interrupted')
     assert state['epoch'] >= 1 and DRAWModel(state['params']).load_state_dict(state['model'])
-    assert not [p for p in (work / 'checkpoint').iterdir() if p.name.startswith('.')]  # no temp files
+    assert not [p for p in (work / 'checkpoint').iterdir() if p.name.endswith('.tmp')]  # no temp files
 
 
 def nan_loss_after(monkeypatch, good_calls):
@@ -244,7 +248,7 @@ def test_a_name_too_long_is_a_write_error(tmp_path):
 @pytest.mark.slow
 def test_disk_full_at_a_checkpoint_stops_training_with_one_line(work, monkeypatch, capsys):
     checkpoints = train_in(work, 'epoch_num=1', 'save_epoch=1', out='run')
-    before = digest(checkpoints / 'model_epoch_1')
+    before, earlier = digest(checkpoints / 'model_epoch_1'), load(checkpoints / 'model_final')['run']
     fail_writes(monkeypatch, errno.ENOSPC, name='model_epoch_1')
     with pytest.raises(SystemExit) as exit_:
         utils.run(lambda: train_in(work, 'epoch_num=1', 'save_epoch=1', out='run'))
@@ -252,8 +256,8 @@ def test_disk_full_at_a_checkpoint_stops_training_with_one_line(work, monkeypatc
     assert exit_.value.code == 1 and len(err) == 1
     assert err[0] == (f"stopped: could not write {checkpoints / 'model_epoch_1'}: No space left on device; free "
                       f"some space and run again. Any earlier model_epoch_1 there is unchanged.")
-    assert digest(checkpoints / 'model_epoch_1') == before
-    assert sorted(os.listdir(checkpoints)) == ['metrics.jsonl', 'model_epoch_1', 'model_final']
+    assert digest(checkpoints / 'runs' / earlier / 'model_epoch_1') == before  # the earlier run's, kept (runs.py)
+    assert sorted(os.listdir(checkpoints)) == ['.lock', 'metrics.jsonl', 'runs']
 
 
 def test_a_cache_that_cannot_be_written_is_a_warning(work, monkeypatch):

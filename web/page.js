@@ -6,9 +6,32 @@
 // pad's last redrawing.
 'use strict';
 
+// The largest model the page draws with, checked before anything is allocated: config.py's MODEL_CAPS
+// (tests/test_hostile_checkpoints.py holds the two equal)
+const MODEL_CAPS = {T: 128, A: 128, B: 128, read_N: 64, write_N: 64, z_size: 512, enc_size: 1024, dec_size: 1024,
+  num_classes: 10000, name_chars: 200};
+
+function checkCaps(config, classes) {
+  // throws one line naming the first size of the embedded model, or of its class names, beyond MODEL_CAPS
+  const sizes = {...config, num_classes: Math.max(config.num_classes, classes.length),
+    name_chars: classes.reduce((longest, name) => Math.max(longest, [...String(name)].length), 0)};
+  for (const [key, cap] of Object.entries(MODEL_CAPS)) {
+    if (!(Number.isInteger(sizes[key]) && sizes[key] >= 0 && sizes[key] <= cap)) {
+      throw new Error(`This page's model has ${key} = ${sizes[key]}, not a whole number up to ${cap} (config.py's `
+        + 'MODEL_CAPS): the page is damaged; write it again with generate.py -html.');
+    }
+  }
+}
+
 const drawPage = (() => {
   const opened = performance.now();
   const data = JSON.parse(document.getElementById('model').textContent);
+  try {
+    checkCaps(data.config, data.about.classes);
+  } catch (error) {
+    document.body.textContent = error.message;
+    throw error;
+  }
   const model = DRAW.load(data), about = data.about;
   const {T, A, B, C} = model;
   const READ = '#3c3', WRITE = '#e33';
