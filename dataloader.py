@@ -60,7 +60,7 @@ def fingerprint(kind, path, A, B):
     return hashlib.sha256('\n'.join(parts).encode()).hexdigest()[:20]
 
 
-def digest(obj):
+def checksum(obj):
     """A checksum of what a cache holds, tensors by their bytes: a file damaged on disk no longer matches."""
     h = hashlib.sha256()
     def add(o):
@@ -82,7 +82,7 @@ def digest(obj):
 
 def save_checked(obj, path, log=print):
     """save_cache of the dict obj with its checksum, which load_checked verifies."""
-    save_cache({**obj, 'digest': digest(obj)}, path, log)
+    save_cache({**obj, 'digest': checksum(obj)}, path, log)
 
 
 def load_checked(path, use, redo, log=print):
@@ -96,7 +96,7 @@ def load_checked(path, use, redo, log=print):
         fields = {k: v for k, v in saved.items() if k != 'digest'}
         if 'digest' not in saved:
             why = 'stale cache (written by an earlier version)'
-        elif saved['digest'] != digest(fields):
+        elif saved['digest'] != checksum(fields):
             why = 'damaged cache (its checksum differs)'
         elif (value := use(fields)) is not None:
             return value

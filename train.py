@@ -175,8 +175,8 @@ def sample_scorer(data, train, test, p):
     """model -> evaluate.py's sample-quality lines, with the data's classifier (trained now if not cached)."""
     clf, accuracy = classifier.of_data(data, train, test, p)
     noise = torch.Generator(test[0].device)
-    return lambda model: classifier.score_lines(
-        classifier.sample_scores(model, clf, test[0], classifier.SCORED_SAMPLES, noise.manual_seed(p['seed'])), data.classes, accuracy)
+    return lambda model: classifier.score_lines(classifier.sample_scores(
+        model, clf, test[0], classifier.SCORED_SAMPLES, noise.manual_seed(p['seed'])), data.classes, accuracy)
 
 
 def main(argv=None):
