@@ -92,6 +92,11 @@ def bounds(model, x, y, k, batch_size=2048):
             'elbo': elbo[0].item(), 'channels': list(zip(elbo[1:].tolist(), iwae[1:].tolist()))}
 
 
+def bits_per_dim(nats, x):
+    """nats per image of images x (n, C, B, A) as bits per dimension."""
+    return nats / x[0].numel() / math.log(2)
+
+
 def bound_lines(found, k, title, x):
     """The bounds found on images x (n, C, B, A) as printed, under title; with C > 1 channels (one
     grey image repeated), each channel's bounds too, which compare with a one-channel model's."""
@@ -102,8 +107,8 @@ def bound_lines(found, k, title, x):
              f"+ KL {found['kl']:.2f}), averaged over {k} posterior samples",
              f"  IWAE bound, k={k:<4}{found['iwae']:8.2f} nats per image (an upper bound on -log p(x), "
              + ("tighter than the ELBO)" if k > 1 else "with k=1 the ELBO itself; k > 1 tightens it)"),
-             f"  bits per dimension {found['elbo'] / dims / math.log(2):8.4f} (ELBO), "
-             f"{found['iwae'] / dims / math.log(2):.4f} (IWAE)",
+             f"  bits per dimension {bits_per_dim(found['elbo'], x):8.4f} (ELBO), "
+             f"{bits_per_dim(found['iwae'], x):.4f} (IWAE)",
              "  KL per glimpse     " + ' '.join(f'{v:.1f}' for v in found['kl_t'])]
     if channels > 1:
         elbo, iwae = (' '.join(f'{v:.2f}' for v in values) for values in zip(*found['channels']))
@@ -181,8 +186,8 @@ def summary(found, args, x, where, scores):
     dims = x[0].numel()
     numbers = {'checkpoint': args.load_path, 'weights': args.weights, 'images': where, 'count': len(x),
                'dimensions': dims, 'k': args.k, 'negative_elbo': found['elbo'], 'reconstruction': found['recon'],
-               'kl': found['kl'], 'iwae': found['iwae'], 'bits_per_dim': found['elbo'] / dims / math.log(2),
-               'iwae_bits_per_dim': found['iwae'] / dims / math.log(2), 'kl_per_glimpse': found['kl_t']}
+               'kl': found['kl'], 'iwae': found['iwae'], 'bits_per_dim': bits_per_dim(found['elbo'], x),
+               'iwae_bits_per_dim': bits_per_dim(found['iwae'], x), 'kl_per_glimpse': found['kl_t']}
     if x.shape[1] > 1:
         numbers['per_channel'] = [{'negative_elbo': elbo, 'iwae': iwae} for elbo, iwae in found['channels']]
     return {**numbers, **scores}

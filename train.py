@@ -220,7 +220,6 @@ def train_on(p, ckpt, device, start, run_id):
     run = training.Run(model, averaged, optimizer, training.RunState(run=run_id))
     if ckpt:
         run.restore(ckpt, training.steps_per_epoch(len(train[0]), p['batch_size']), train[0])
-        run.state.run = run_id  # its own, where it holds a well-formed one (runs.id_of)
     state = run.state
     resumed = f", resuming after epoch {state.epoch} step {state.batch}" if ckpt else ''
     processes = f" in each of {distributed.world()} processes" if distributed.world() > 1 else ''

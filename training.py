@@ -72,13 +72,14 @@ class RunState:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def restored(cls, ckpt, per_epoch, train_x):
+    def restored(cls, ckpt, per_epoch, train_x, run):
         """The state saved in ckpt (files from before RunState lack step, total_steps and fall), its
-        epoch's order on train_x's device; refused where the interrupted epoch ran over other data."""
-        later = ('step', 'total_steps', 'fall', 'run')  # what older files lack
+        epoch's order on train_x's device, under the run id run; refused where the interrupted epoch ran
+        over other data."""
+        later = ('step', 'total_steps', 'fall', 'run')  # what older files lack; the id is checked by the caller
         saved = {f.name: ckpt[f.name] for f in fields(cls) if f.name not in later}
         state = cls(**saved, step=ckpt.get('step', ckpt['epoch'] * per_epoch + ckpt['batch']),
-                    total_steps=ckpt.get('total_steps'), fall=ckpt.get('fall'), run=ckpt.get('run'))
+                    total_steps=ckpt.get('total_steps'), fall=ckpt.get('fall'), run=run)
         if state.order is not None:
             if len(state.order) != len(train_x):
                 raise utils.InputError(f"resume: the interrupted epoch ran over {len(state.order)} images, the data "
@@ -103,7 +104,8 @@ class Run:
 
     def restore(self, ckpt, per_epoch, train_x):
         """Loads ckpt's training state: weights (its 'training_model', where it kept the average as
-        'model'), the average, Adam, every random generator and the RunState."""
+        'model'), the average, Adam, every random generator and the RunState, whose run id stays the one
+        this run was given (train.py: the checkpoint's own, where it holds a well-formed one)."""
         try:
             self.model.load_state_dict(ckpt.get('training_model', ckpt['model']))
             if self.averaged is not None:
@@ -117,7 +119,7 @@ class Run:
             if any(m is not None and m.shape != w.shape for m, w in zip(moments, self.model.parameters())):
                 raise ValueError("its Adam moments' shapes are not its weights'")  # fused Adam would crash on them
             utils.set_rng_state(ckpt['rng'])
-            self.state = RunState.restored(ckpt, per_epoch, train_x)
+            self.state = RunState.restored(ckpt, per_epoch, train_x, self.state.run)
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
             raise utils.InputError(f"resume: the checkpoint's training state is damaged or does not fit its params "
                                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}).") from None
