@@ -1,8 +1,8 @@
 """The compiled training step (train.py's params key compile = auto | true | false).
 
 torch.compile (inductor, dynamic=False) turns the objective's forward and backward, 25 glimpses
-unrolled, into one graph of fused kernels: on a CPU it removes most of the ~13,000 small operations
-an eager step dispatches; on a GPU its reduce-overhead mode also replays the step as a CUDA graph.
+unrolled, into one graph of fused kernels: on a CPU it removes most of the tens of thousands of small
+operations an eager step dispatches; on a GPU its reduce-overhead mode also replays the step as a CUDA graph.
 Compiling costs minutes the first time and seconds once inductor's caches hold the graph, so auto
 compiles only where the planned steps win that time back. Where compiling cannot work (no C++
 compiler, no Triton, an inductor error) training goes on eager, with one line saying why.

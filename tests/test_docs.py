@@ -1,7 +1,22 @@
-"""The documents' links resolve, and the README's commands are the ones CI runs."""
+"""The documents' links resolve, the README's commands are the ones CI runs, and every command of its
+sh blocks names a script, flag and key that exist."""
+import contextlib
+import importlib.util
+import io
 import re
+import shlex
 import shutil
+import subprocess
+import sys
 
+import pytest
+
+import bench
+import config
+import evaluate
+import generate
+import train
+import utils
 from conftest import ROOT
 
 LINK = re.compile(r'\]\(([^)\s]+)\)|src="([^"]+)"')
@@ -67,3 +82,94 @@ def test_the_readmes_commands_are_the_ones_ci_runs():
     assert commands[:2] == ['pip install -r requirements.txt && python train.py', 'python -m pytest -q']
     ci = [line for line in (ROOT / '.ci' / 'run').read_text().splitlines() if line and not line.startswith('#')]
     assert ci[-2:] == ['pip install -r requirements.txt', 'python -m pytest -q']
+
+
+def test_the_readme_stays_a_transcript():
+    """docs/tests.md's habit: at most 200 lines, one sitting's date, no test counts or suite times."""
+    readme = (ROOT / 'README.md').read_text(encoding='utf-8')
+    assert len(readme.splitlines()) <= 200
+    assert len(set(re.findall(r'\b20\d\d-\d\d-\d\d\b', readme))) <= 1
+    assert not re.search(r'\b\d+ (passed|tests\b)|passed in \d', readme)
+
+
+def tool(name):
+    """A script of tools/ (a folder, not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def checked_bench(argv):
+    _, overrides = bench.parse_args(argv)
+    config.check_params(config.apply_overrides(train.params, overrides))
+
+
+PARSERS = {'train.py': train.configure, 'generate.py': generate.parse_args, 'evaluate.py': evaluate.parse_args,
+           'bench.py': checked_bench, 'tools/webcheck.py': lambda argv: tool('webcheck').parse_args(argv)}
+
+
+def sh_commands(markdown):
+    """Every command of a Markdown text's sh blocks as its words: `&&` chains split, comments dropped, a block's
+    NAME=value lines put in for $NAME in its later lines."""
+    commands = []
+    for block in re.findall(r'```sh\n(.*?)\n```', markdown, re.S):
+        names = {}
+        for line in block.splitlines():
+            words = [re.sub(r'\$(\w+)', lambda m: names.get(m[1], m[0]), w) for w in shlex.split(line, comments=True)]
+            if len(words) == 1 and re.fullmatch(r'[A-Z_0-9]+=\S*', words[0]):
+                name, _, value = words[0].partition('=')
+                names[name] = value
+                continue
+            while words:
+                end = words.index('&&') if '&&' in words else len(words)
+                commands.append(words[:end])
+                words = words[end + 1:]
+    return commands
+
+
+def command_error(words):
+    """Why a command would fail on its arguments alone (an unknown script, flag or key, a bad value), or None;
+    the scripts' own argument checks decide, without running them."""
+    match words:
+        case ['pip', 'install', '-r', path]:
+            return None if (ROOT / path).exists() else f'{path} does not exist'
+        case ['pip', 'install', *_] | ['python', '-m', 'pytest', *_]:
+            return None
+        case ['python', script, *argv] if script in PARSERS:
+            said = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(said), contextlib.redirect_stdout(io.StringIO()):
+                    PARSERS[script](argv)
+            except SystemExit as stop:
+                return None if stop.code == 0 else said.getvalue().strip().splitlines()[-1]
+            except utils.InputError as error:
+                return str(error)
+            return None
+    return 'no check for this command: add its script to PARSERS in tests/test_docs.py'
+
+
+def test_every_command_of_the_readme_parses():
+    commands = sh_commands((ROOT / 'README.md').read_text(encoding='utf-8'))
+    assert len(commands) >= 8
+    assert [(' '.join(c), command_error(c)) for c in commands if command_error(c)] == []
+
+
+def test_a_wrong_command_in_the_readme_is_found():
+    wrong = ('```sh\nHAND=ka,kha\npython train.py classes=$HAND no_such_key=1  # a comment\n'
+             'python generate.py -load_path x -no_such_flag\npython evaluate.py\n```\n'
+             '```sh\npip install -r no-such.txt && python webpage.py -screenshot\npython bench.py epoch_num=x\n```')
+    commands = sh_commands(wrong)
+    assert commands[0] == ['python', 'train.py', 'classes=ka,kha', 'no_such_key=1']
+    errors = [command_error(c) for c in commands]
+    assert "unknown key 'no_such_key'" in errors[0] and 'unrecognized arguments: -no_such_flag' in errors[1]
+    assert 'required: -load_path' in errors[2] and 'no-such.txt does not exist' in errors[3]
+    assert errors[4].startswith('no check for this command') and 'epoch_num' in errors[5]
+
+
+@pytest.mark.slow
+def test_every_script_of_the_readme_starts():
+    scripts = {c[1] for c in sh_commands((ROOT / 'README.md').read_text(encoding='utf-8')) if c[0] == 'python'}
+    for script in sorted(scripts - {'-m'}):
+        done = subprocess.run([sys.executable, script, '--help'], cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0 and done.stdout.strip(), (script, done.stderr[-2000:])
