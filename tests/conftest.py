@@ -1,3 +1,4 @@
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / 'shared' / 'data'
 sys.path.insert(0, str(ROOT))
 
+
+
+def tool(name):
+    """A script of tools/ (a folder, not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 def shared(relative):
     """A file from ../shared/data, or skip the test where it is absent (a user's fresh clone)."""

@@ -1,7 +1,6 @@
 """The documents' links resolve, the README's commands are the ones CI runs, and every command of its
 sh blocks names a script, flag and key that exist."""
 import contextlib
-import importlib.util
 import io
 import re
 import shlex
@@ -17,7 +16,7 @@ import evaluate
 import generate
 import train
 import utils
-from conftest import ROOT
+from conftest import ROOT, tool
 
 LINK = re.compile(r'\]\(([^)\s]+)\)|src="([^"]+)"')
 
@@ -92,21 +91,13 @@ def test_the_readme_stays_a_transcript():
     assert not re.search(r'\b\d+ (passed|tests\b)|passed in \d', readme)
 
 
-def tool(name):
-    """A script of tools/ (a folder, not a package) as a module."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def checked_bench(argv):
     _, overrides = bench.parse_args(argv)
     config.check_params(config.apply_overrides(train.params, overrides))
 
 
 PARSERS = {'train.py': train.configure, 'generate.py': generate.parse_args, 'evaluate.py': evaluate.parse_args,
-           'bench.py': checked_bench, 'tools/webcheck.py': lambda argv: tool('webcheck').parse_args(argv)}
+           'bench.py': checked_bench, 'tools/webcheck.py': tool('webcheck').parse_args}
 
 
 def sh_commands(markdown):

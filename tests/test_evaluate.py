@@ -1,7 +1,6 @@
 """evaluate.py: its bounds against a likelihood computed by quadrature, the Fréchet distance against
 its closed form, and the script end to end."""
 import contextlib
-import importlib.util
 import io
 import json
 import math
@@ -19,7 +18,7 @@ import formats
 import evaluate
 import train
 import utils
-from conftest import ROOT, TINY, csv_lines, heads, original_checkpoint, run, shared, write_tiny_csv
+from conftest import TINY, csv_lines, heads, original_checkpoint, run, shared, tool, write_tiny_csv
 from dataloader import load_data, model_inputs
 from draw_model import DRAWModel
 from train import params as DEFAULTS
@@ -213,14 +212,6 @@ def test_evaluate_json_holds_every_number_it_printed(trained, tmp_path, monkeypa
 
 
 
-def load_compare():
-    """tools/compare.py as a module (tools/ is no package)."""
-    spec = importlib.util.spec_from_file_location('compare', ROOT / 'tools' / 'compare.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def epoch(n, bound, seconds, elapsed):
     """An epoch record of train.py's metrics.jsonl."""
     return {'event': 'epoch', 'epoch': n, 'epochs': 3, 'step': 10 * n, 'train_loss': bound + 5, 'test_bound': bound,
@@ -247,7 +238,7 @@ def test_compare_plots_the_metrics_and_eval_files_and_names_a_damaged_one(tmp_pa
     """Bounds against the epochs' minutes summed (a resumed run's redone epochs replacing the first
     tries), shares against the final record's elapsed time; each damaged or missing file one InputError
     naming it, and the line where it is one line of JSON."""
-    compare = load_compare()
+    compare = tool('compare')
     short, long = write_run(tmp_path / 'short', 0.25, 600.0), write_run(tmp_path / 'long', 0.5, 1500.0)
     compare.main([f'resumed={short / "metrics.jsonl"}', '-out', str(tmp_path / 'bounds.png')])
     compare.main(['-scores', f'runs={short},{long}', '-out', str(tmp_path / 'scores.png')])

@@ -2,7 +2,6 @@
 on the weights the page holds and the same injected noise; the drawing pad driven by a scripted stroke;
 class names that are HTML or script shown as text; and generate.py's -html and -reconstruct -as and
 tools/webcheck.py as a user runs them."""
-import importlib.util
 import json
 import re
 
@@ -15,14 +14,12 @@ import checkpoints
 import generate
 import utils
 import webpage
-from conftest import ROOT, TINY, original_checkpoint, run
+from conftest import TINY, original_checkpoint, run, tool
 from draw_model import DRAWModel
 from train import params as DEFAULTS
 
 TINY_PARAMS = {**DEFAULTS, **{k: int(v) for k, v in (a.split('=') for a in TINY)}}
-SPEC = importlib.util.spec_from_file_location('webcheck', ROOT / 'tools' / 'webcheck.py')
-webcheck = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(webcheck)
+webcheck = tool('webcheck')
 
 # class names as a CSV's character column or a folder could hold them: HTML that runs script, the
 # template's placeholders, text that would end or comment out the page's script elements, JavaScript's
