@@ -19,6 +19,7 @@ import utils
 from conftest import ROOT, tool
 
 LINK = re.compile(r'\]\(([^)\s]+)\)|src="([^"]+)"')
+SH_BLOCK = re.compile(r'```sh\n(.*?)\n```', re.S)  # a Markdown sh block's commands
 
 
 def slug(heading):
@@ -77,7 +78,7 @@ def test_anchors_follow_githubs_rules():
 
 def test_the_readmes_commands_are_the_ones_ci_runs():
     readme = (ROOT / 'README.md').read_text(encoding='utf-8')
-    commands = re.findall(r'```sh\n(.*?)\n```', readme, re.S)
+    commands = SH_BLOCK.findall(readme)
     assert commands[:2] == ['pip install -r requirements.txt && python train.py', 'python -m pytest -q']
     ci = [line for line in (ROOT / '.ci' / 'run').read_text().splitlines() if line and not line.startswith('#')]
     assert ci[-2:] == ['pip install -r requirements.txt', 'python -m pytest -q']
@@ -104,7 +105,7 @@ def sh_commands(markdown):
     """Every command of a Markdown text's sh blocks as its words: `&&` chains split, comments dropped, a block's
     NAME=value lines put in for $NAME in its later lines."""
     commands = []
-    for block in re.findall(r'```sh\n(.*?)\n```', markdown, re.S):
+    for block in SH_BLOCK.findall(markdown):
         names = {}
         for line in block.splitlines():
             words = [re.sub(r'\$(\w+)', lambda m: names.get(m[1], m[0]), w) for w in shlex.split(line, comments=True)]
