@@ -13,7 +13,7 @@ import devanagari
 import formats
 from utils import InputError, plural, save_cache
 
-CACHE_VERSION = 2  # bump when decoding changes, so old caches are rebuilt (2: image folders keyed by their files)
+CACHE_VERSION = 3  # bump when decoding changes, so old caches are rebuilt (3: the built-in set's exact warp)
 
 
 @dataclass
@@ -42,10 +42,10 @@ def canonical(name):
 # -- cache --------------------------------------------------------------------------------------
 def fingerprint(kind, path, A, B):
     """A key that changes when the source changes: the names, sizes and modification times of the files its
-    decoder reads (for image folders, each image's, found without reading any; nothing else there, the
-    cache folder included, counts)."""
+    decoder reads (the built-in set's fonts; for image folders, each image's, found without reading any;
+    nothing else there, the cache folder included, counts)."""
     if kind == 'builtin':
-        root, files = Path(), []  # rendered from fonts
+        root, files = Path(), devanagari.font_paths()  # rendered from these fonts
     elif kind in ('uci', 'folder'):
         root, files = path, formats.image_files(kind, path)
     elif kind in ('mnist', 'binarized_mnist'):
@@ -204,22 +204,53 @@ def load_data(params, log=print):
                    digest.hexdigest()[:16])
 
 
+def checked_record(record, where):
+    """A checkpoint's record of the data it learned (None where it has none), checked to be plain text."""
+    fields = ('name', 'dataset', 'fingerprint', 'data_path')
+    if record and not (isinstance(record, dict) and all(isinstance(record.get(k), str) and record[k].isprintable()
+                                                        and len(record[k]) <= 4096 for k in fields)):
+        raise InputError(f"{where}: its record of the data it learned is damaged; give the data to use with "
+                         f"-data PATH.")
+    return record or None
+
+
+def load_at(params, record, data_path, log=print):
+    """The data a checkpoint's (checked) record names, read from data_path, a path the user gave, as the
+    checkpoint's settings read it (its classes, split, size), if what is there is that data (its
+    fingerprint matches); else None, as for a record of the built-in set, which is at no path."""
+    if not record or record['dataset'] == 'builtin':
+        return None
+    try:
+        data = load_data({**params, 'dataset': record['dataset'], 'data_path': str(data_path)}, log)
+    except InputError:
+        return None
+    return data if data.fingerprint == record['fingerprint'] else None
+
+
+def rendered_elsewhere(where, record, data):
+    """The line said where the built-in set rendered here is not the one a checkpoint learned (only
+    fonts or a Pillow of other versions render other pixels; there is no other source to give)."""
+    return (f"{where} learned the built-in set as rendered with fingerprint {record['fingerprint']}; here it renders "
+            f"as {data.fingerprint} (other font or Pillow versions draw other pixels): it is used as rendered here.")
+
+
 def load_trained(params, record, where, log=print):
     """The data the checkpoint at where learned, looked for where params' data_path says (the user's:
     train.py's default data/; the built-in set needs none), never where the checkpoint says: its record
     (the source's kind, name, path and fingerprint) only names what to look for and tells whether what is
     found is the same data. For checkpoints without a record (the 2019 code's, older ones), params' data
     settings as they stand."""
+    record = checked_record(record, where)
     if not record:
         return load_data(params, log)
-    fields = ('name', 'dataset', 'fingerprint', 'data_path')
-    if not (isinstance(record, dict) and all(isinstance(record.get(k), str) and record[k].isprintable()
-                                             and len(record[k]) <= 4096 for k in fields)):
-        raise InputError(f"{where}: its record of the data it learned is damaged; give the data to use with "
-                         f"-data PATH.")
-    learned = f"{where} learned {record['name']} (recorded at {record['data_path']})"
+    if record['dataset'] == 'builtin':
+        data = load_data({**params, 'dataset': 'builtin'}, log)
+        if data.fingerprint != record['fingerprint']:
+            log(rendered_elsewhere(where, record, data))
+        return data
+    learned = f"{where} learned {record['name']} (fingerprint {record['fingerprint']})"
     here = Path(params['data_path']).expanduser()
-    if record['dataset'] != 'builtin' and not here.exists():
+    if not here.exists():
         raise InputError(f"{learned}; it is looked for in {here} (from {Path.cwd()}), which does not exist. Give "
                          f"the data to use with -data PATH.")
     try:
@@ -228,8 +259,8 @@ def load_trained(params, record, where, log=print):
         raise InputError(f"{learned}, which cannot be read from {here} ({e}) Give the data to use with "
                          f"-data PATH.") from None
     if data.fingerprint != record['fingerprint']:
-        raise InputError(f"{learned}, fingerprint {record['fingerprint']}, but what is found in {here} differs: "
-                         f"{data.name} (fingerprint {data.fingerprint}). Give the data to use with -data PATH.")
+        raise InputError(f"{learned}, but what is found in {here} differs: {data.name} (fingerprint "
+                         f"{data.fingerprint}). Give the data to use with -data PATH.")
     return data
 
 

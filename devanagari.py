@@ -67,7 +67,7 @@ def _fonts(size=96):
 
 
 def _render(text, font):
-    """Glyph cropped to its ink, scaled to FIT px on its longest side, centred on HI x HI."""
+    """Glyph cropped to its ink, scaled to FIT px on its longest side, centred on HI x HI, uint8."""
     left, top, right, bottom = font.getbbox(text)
     img = Image.new("L", (right - left + 8, bottom - top + 8))
     ImageDraw.Draw(img).text((4 - left, 4 - top), text, fill=255, font=font)
@@ -76,44 +76,99 @@ def _render(text, font):
     img = img.resize((max(1, round(img.width * s)), max(1, round(img.height * s))), Image.Resampling.LANCZOS)
     canvas = Image.new("L", (HI, HI))
     canvas.paste(img, ((HI - img.width) // 2, (HI - img.height) // 2))
-    return np.asarray(canvas, dtype=np.float32) / 255
+    return np.asarray(canvas)
 
 
 @functools.lru_cache(maxsize=1)
 def _base_images():
-    """(classes, faces, HI, HI) float in [0, 1], rendered once per process."""
+    """(classes, faces, HI, HI) uint8, rendered once per process."""
     fonts = _fonts()
     return torch.from_numpy(np.stack([[_render(GLYPHS[c], f) for f in fonts] for c in CLASSES]))
 
 
-def _warp(x, g):
-    """Random affine (rotation, scale, shear, translation) + elastic warp of x (n, 1, HI, HI)."""
+# The warp below gives the same bytes on every CPU: float64 and only the operations IEEE 754 rounds
+# exactly (+ - * /, floor, round), each a separate elementwise op, so no SIMD width, FMA, library kernel
+# (sin, matmul, grid_sample) or summation order can change a result. Its random numbers come from
+# PCG64's raw stream, whose bits numpy keeps stable across versions and machines.
+def _uniforms(seed, n, k):
+    """(n, k) float64 uniforms in [0, 1) and n raw 64-bit integers, from seed's PCG64 stream."""
+    raw = np.random.PCG64(seed).random_raw(n * (k + 1)).reshape(n, k + 1)
+    u = (raw[:, 1:] >> np.uint64(11)).astype(np.float64) * 2.0 ** -53  # 53 random bits, exact
+    return torch.from_numpy(u), torch.from_numpy((raw[:, 0] >> np.uint64(1)).astype(np.int64))
+
+
+def _linear_map(x, w):
+    """x (..., m) times w (k, m) transposed: (..., k), summed term by term in a fixed order."""
+    out = x[..., None, 0] * w[:, 0]
+    for j in range(1, w.shape[1]):
+        out = out + x[..., None, j] * w[:, j]
+    return out
+
+
+def _bicubic_weights(size, coarse, a=-0.75):
+    """(size, coarse) weights of cubic-convolution upsampling (Keys 1981, a = -0.75 as in
+    torch.nn.functional.interpolate), corners aligned, indices clamped at the border."""
+    w = torch.zeros(size, coarse, dtype=torch.float64)
+    for i in range(size):
+        src = i * (coarse - 1) / (size - 1)
+        i0 = min(int(src), coarse - 2)
+        t = src - i0
+        for k, d in zip(range(i0 - 1, i0 + 3), (1 + t, t, 1 - t, 2 - t)):  # d: distance to tap k
+            kernel = ((a + 2) * d - (a + 3)) * d * d + 1 if d <= 1 else ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+            w[i, min(max(k, 0), coarse - 1)] += kernel
+    return w
+
+
+def _bilinear(img, px, py):
+    """img (n, HI, HI) sampled at pixel coordinates (px, py) (n, HI, HI), zero outside."""
+    padded = F.pad(img, (1, 1, 1, 1)).flatten(1)  # a zero border: any tap outside reads 0
+    x0, y0 = px.floor(), py.floor()
+    fx, fy = px - x0, py - y0
+    x0, y0 = (x0.clamp(-2, HI).long() + 1).flatten(1), (y0.clamp(-2, HI).long() + 1).flatten(1)
+    x1, y1 = (x0 + 1).clamp(max=HI + 1), (y0 + 1).clamp(max=HI + 1)
+    x0, y0 = x0.clamp(min=0), y0.clamp(min=0) * (HI + 2)
+    y1 = y1 * (HI + 2)
+    tap = lambda y, x: padded.gather(1, y + x).view_as(px)
+    top = tap(y0, x0) * (1 - fx) + tap(y0, x1) * fx
+    bottom = tap(y1, x0) * (1 - fx) + tap(y1, x1) * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _warp(x, u):
+    """Random affine (rotation, scale, shear, translation) + elastic warp of x (n, HI, HI) float64,
+    driven by u (n, 38) uniforms."""
     n = x.shape[0]
-    uniform = lambda lo, hi, *shape: lo + (hi - lo) * torch.rand(n, *shape, generator=g)
-    angle, shear = uniform(-0.17, 0.17), uniform(-0.25, 0.25)  # +-10 degrees, shear factor
-    scale, shift = uniform(0.9, 1.05, 2), uniform(-0.08, 0.08, 2)  # per axis; shift +-1 px
-    cos, sin, one, zero = angle.cos(), angle.sin(), torch.ones(n), torch.zeros(n)
-    rotate = torch.stack([cos, -sin, sin, cos], 1).view(n, 2, 2)
-    skew = torch.stack([one, shear, zero, one], 1).view(n, 2, 2)
-    # affine_grid maps output to input coordinates, so dividing by scale enlarges the glyph
-    theta = torch.cat([rotate @ skew / scale.view(n, 1, 2), shift.view(n, 2, 1)], 2)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    # elastic distortion: a coarse random displacement field, smoothly upsampled
-    coarse = 0.06 * torch.randn(n, 2, 4, 4, generator=g)
-    grid = grid + F.interpolate(coarse, size=(HI, HI), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    between = lambda lo, hi, v: lo + (hi - lo) * v
+    t = between(-0.085, 0.085, u[:, 0])                      # tan(angle / 2): angle within +-9.7 degrees
+    cos, sin = (1 - t * t) / (1 + t * t), 2 * t / (1 + t * t)  # rotation without sin or cos
+    shear = between(-0.25, 0.25, u[:, 1])
+    sx, sy = between(0.9, 1.05, u[:, 2]), between(0.9, 1.05, u[:, 3])  # dividing by scale enlarges the glyph
+    tx, ty = between(-0.08, 0.08, u[:, 4]), between(-0.08, 0.08, u[:, 5])  # +-1 px
+    # output pixel centres in [-1, 1], mapped to input coordinates: rotation @ shear, columns / scale
+    c = ((2 * torch.arange(HI, dtype=torch.float64) + 1) / HI - 1)
+    gx, gy = c.view(1, 1, HI), c.view(1, HI, 1)
+    m = [v.view(n, 1, 1) for v in (cos / sx, (cos * shear - sin) / sy, sin / sx, (sin * shear + cos) / sy, tx, ty)]
+    # elastic distortion: a coarse 4x4 random displacement field (std 0.06), smoothly upsampled
+    coarse = between(-0.06 * 3 ** 0.5, 0.06 * 3 ** 0.5, u[:, 6:38]).view(n, 2, 4, 4)
+    w = _bicubic_weights(HI, 4)
+    ex, ey = _linear_map(_linear_map(coarse, w).transpose(-1, -2), w).transpose(-1, -2).unbind(1)  # (n, HI, HI)
+    u_in = m[0] * gx + m[1] * gy + m[4] + ex
+    v_in = m[2] * gx + m[3] * gy + m[5] + ey
+    return _bilinear(x, ((u_in + 1) * HI - 1) / 2, ((v_in + 1) * HI - 1) / 2)  # to pixel coordinates
 
 
 def render_dataset(n_per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images uint8 (n, 1, 32, 32), labels int64 (n,)), n = 46 * n_per_class, grouped by class."""
+    """(images uint8 (n, 1, 32, 32), labels int64 (n,)), n = 46 * n_per_class, grouped by class;
+    the same bytes on every CPU."""
     bases = _base_images()
-    g = torch.Generator().manual_seed(seed)
     labels = torch.arange(len(CLASSES)).repeat_interleave(n_per_class)
-    faces = torch.randint(bases.shape[1], labels.shape, generator=g)
+    u, raw = _uniforms(seed, len(labels), 38)
+    faces = raw % bases.shape[1]
     images = []
-    for idx in torch.arange(len(labels)).split(4096):
-        x = _warp(bases[labels[idx], faces[idx]].unsqueeze(1), g)
-        x = F.avg_pool2d(x, 2)                    # area-downsample to 28x28
-        images.append(F.pad(x, (2, 2, 2, 2)))     # black 2-pixel frame -> 32x32
+    for idx in torch.arange(len(labels)).split(512):
+        x = _warp(bases[labels[idx], faces[idx]].double() / 255, u[idx])
+        x = x.view(-1, HI // 2, 2, HI // 2, 2)
+        x = (x[:, :, 0, :, 0] + x[:, :, 0, :, 1] + x[:, :, 1, :, 0] + x[:, :, 1, :, 1]) / 4  # area-downsample to 28x28
+        images.append(F.pad(x, (2, 2, 2, 2)).unsqueeze(1))  # black 2-pixel frame -> 32x32
     images = (torch.cat(images) * 255).round().clamp(0, 255).to(torch.uint8)
     return images, labels

@@ -1,5 +1,6 @@
-"""Measure what a DRAW checkpoint learned, on the test split of its own data, or on every image of
-a held-out file or folder (-data, any format the loader reads):
+"""Measure what a DRAW checkpoint learned, on the test split of its own data (found in data/, or given
+with -data: a file whose fingerprint is the checkpoint's), or on every image of a held-out file or
+folder (-data, any format the loader reads):
     python evaluate.py -load_path checkpoint/model_final [-data PATH] [-k 50] [-num_samples 1000]
                        [-weights trained] [-json eval.json]
 prints the negative ELBO in nats per image (reconstruction + KL, and the KL of every glimpse), the
@@ -24,7 +25,8 @@ import config
 import figures
 import train
 import utils
-from dataloader import every_image, listing, load_source, load_trained, model_inputs, of_classes
+from dataloader import (checked_record, every_image, listing, load_at, load_source, load_trained, model_inputs,
+                        of_classes)
 from utils import plural
 
 
@@ -202,11 +204,16 @@ def main(argv=None):
     json_path = args.json and utils.writable_dir(Path(args.json).parent, '-json') / Path(args.json).name
     params = checkpoints.with_user_paths(params, train.params)  # 2019 files name no data settings: the defaults
     classes = ckpt.get('classes') or []
-    source = None if args.data is None else load_source(params, args.data)
+    record = checked_record(ckpt.get('data'), args.load_path)
+    own = load_at(params, record, args.data) if args.data else None  # -data may be the data it learned
+    if own:
+        print(f"{args.data} is the data {args.load_path} learned (its fingerprint {own.fingerprint}): scored on "
+              f"its test split.")
+    source = None if args.data is None or own else load_source(params, args.data)
     if source is not None and model.num_classes:
         source = of_classes(source, classes, args.data)
-    # the checkpoint's own data; with -data it is needed only for the classifier, loaded there
-    own = load_trained(params, ckpt.get('data'), args.load_path) if source is None else None
+    # the checkpoint's own data; with a held-out -data it is needed only for the classifier, loaded there
+    own = own or (load_trained(params, record, args.load_path) if source is None else None)
     x, y, where = scored_images(own, source, classes, args.data)
     if len(x) == 0:
         raise utils.InputError(f"{where}: no images; nothing to evaluate.")
@@ -219,7 +226,7 @@ def main(argv=None):
     print(f"  wrote {path}")
     scores = {}
     if args.num_samples:
-        lines, scores = sample_quality(model, params, ckpt.get('data'), own, source, (x, y), args, device)
+        lines, scores = sample_quality(model, params, record, own, source, (x, y), args, device)
         print('\n'.join(lines))
     if json_path:
         utils.write_atomic(json_path, (json.dumps(summary(found, args, x, where, scores), indent=1) + '\n').encode())

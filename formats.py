@@ -17,7 +17,6 @@ import io
 import itertools
 import math
 import os
-import re
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,17 +28,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 import devanagari
-from utils import InputError
+from utils import InputError, natural_key
 
 SOURCES = ('auto', 'csv', 'uci', 'binarized_mnist', 'mnist', 'folder', 'builtin')
 IMAGE_SUFFIXES = {'.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp'}
 BUILTIN_PER_CLASS = (300, 50)  # rendered images per class: train, test
 DEFAULT_DATA_PATH = 'data'  # train.py's data_path default: only there a missing or empty folder means the built-in set
-
-
-def natural_key(name):
-    """Sort 'character_2_kha' before 'character_10_yna'."""
-    return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', name)]
 
 
 # -- finding the source -------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import figures
 import runs
 import utils
 import training
-from dataloader import load_data, mean_image, model_inputs, to_input
+from dataloader import load_data, mean_image, model_inputs, rendered_elsewhere, to_input
 from draw_model import DRAWModel
 from training import log
 from utils import plural
@@ -95,7 +95,8 @@ def prepare_data(p, device, ckpt=None):
 
 def check_same_data(ckpt, data, where):
     """A resume refused on other data than the checkpoint at where learned: another list of classes, or
-    other images (the fingerprint of images, labels, split and classes). Older files, without them, pass."""
+    other images (the fingerprint of images, labels, split and classes), but for the built-in set rendered
+    otherwise here, which is said. Older files, without them, pass."""
     classes, record = ckpt.get('classes'), ckpt.get('data') if isinstance(ckpt.get('data'), dict) else {}
     learned = f"(data_path={record['data_path']})" if isinstance(record.get('data_path'), str) else ''
     if isinstance(classes, list) and classes != data.classes:
@@ -105,6 +106,8 @@ def check_same_data(ckpt, data, where):
                                f"{len(data.classes)} ({', '.join(changes[:6]) or 'in another order'}); resume on "
                                f"the data and classes it learned {learned}, or start a new run.")
     if record.get('fingerprint') and record['fingerprint'] != data.fingerprint:
+        if record.get('dataset') == 'builtin' and data.kind == 'builtin':  # no other source to give
+            return log(rendered_elsewhere(where, record, data))
         raise utils.InputError(f"{where}: learned {record.get('name')} (fingerprint {record['fingerprint']}), but the "
                                f"data loaded now, {data.name}, differs (fingerprint {data.fingerprint}); resume on "
                                f"the data it learned {learned}, or start a new run.")

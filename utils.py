@@ -217,3 +217,8 @@ def writable_dir(folder, name):
 
 def plural(n, noun):
     return f"{n} {noun}{'' if n == 1 else 'es' if noun.endswith('s') else 's'}"
+
+
+def natural_key(name):
+    """Sort 'character_2_kha' before 'character_10_yna'."""
+    return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', name)]

@@ -375,6 +375,46 @@ def test_a_builtin_model_is_not_scored_on_a_csv_put_in_data_later(tmp_path, monk
     assert 'on the test split of built-in rendered Devanagari: 46 images' in out.getvalue()
 
 
+@pytest.mark.slow
+def test_a_builtin_model_rendered_otherwise_here_is_used_and_said_so(tmp_path, monkeypatch, capsys):
+    """The built-in set is the same bytes on every CPU (tests/test_devanagari.py), but other font or
+    Pillow versions may draw other pixels: there is no other source to give, so the set rendered here
+    is scored and resumed on, and a line says so, naming no folder of the machine that trained it."""
+    monkeypatch.setattr(formats, 'BUILTIN_PER_CLASS', (2, 1))
+    monkeypatch.chdir(tmp_path)
+    train.main([*TINY, 'epoch_num=1', 'cache_dir=cache'])
+    ckpt = torch.load('checkpoint/model_final', weights_only=True)
+    ckpt['data'].update(fingerprint='0123456789abcdef', data_path='/elsewhere/data')
+    torch.save(ckpt, 'other')
+    capsys.readouterr()
+    evaluate.main(['-load_path', 'other', '-k', '1', '-num_samples', '0'])
+    train.main([*TINY, 'epoch_num=2', 'cache_dir=cache', 'resume=other'])
+    out = capsys.readouterr().out
+    here = load_data({**DEFAULTS, 'dataset': 'builtin', 'cache_dir': 'cache'}, log=lambda line: None).fingerprint
+    said = f"other learned the built-in set as rendered with fingerprint 0123456789abcdef; here it renders as {here} "
+    assert out.count(said) == 2 and 'elsewhere' not in out  # evaluate.py, then the resume
+    assert 'on the test split of built-in rendered Devanagari: 46 images' in out
+    assert torch.load('model_final', weights_only=True)['epoch'] == 2  # beside the file it resumed
+
+
+@pytest.mark.slow
+def test_data_given_with_data_that_is_what_the_model_learned_gets_its_sample_scores(trained, tmp_path, monkeypatch,
+                                                                                     capsys):
+    """A model trained on a file outside data/: -data naming that file (its fingerprint matches) is its
+    own data, scored on its test split, and the classifier learns its training split."""
+    work, _ = trained
+    shutil.copy(work / 'data' / 'data.csv', tmp_path / 'mine.csv')
+    ckpt = torch.load(work / 'checkpoint' / 'model_final', weights_only=True)
+    ckpt['data']['data_path'] = str(tmp_path / 'mine.csv')  # where it was trained: not data/
+    torch.save(ckpt, tmp_path / 'model')
+    monkeypatch.chdir(tmp_path)  # no data/ here
+    evaluate.main(['-load_path', 'model', '-data', 'mine.csv', '-k', '1', '-num_samples', '4'])
+    out = capsys.readouterr().out
+    assert f"mine.csv is the data model learned (its fingerprint {ckpt['data']['fingerprint']})" in out
+    assert 'on the test split of csv' in out and 'skipped' not in out
+    assert re.search(r'Sample quality, by a CNN trained on the training split of csv \S*mine.csv', out), out
+
+
 def per_channel(out):
     """The per-channel ELBOs evaluate.py printed, with its negative ELBO and KL."""
     elbo, kl = map(float, re.search(r'negative ELBO\s+(\S+) nats .* \+ KL (\S+)\)', out).groups())

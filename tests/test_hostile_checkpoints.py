@@ -188,7 +188,8 @@ def test_data_not_where_the_user_looks_is_one_line_naming_what_the_checkpoint_le
     monkeypatch.setattr(torch, 'set_flush_denormal', lambda mode: True)
     for script, flags in ((evaluate, ['-k', '1']), (generate, ['-reconstruct'])):
         err = one_line_error(script.main, ['-load_path', str(path), *flags], capsys)
-        assert err == (f"error: {path} learned csv data/data.csv (recorded at {work / 'data'}); it is "
+        fingerprint = torch.load(path, weights_only=True)['data']['fingerprint']
+        assert err == (f"error: {path} learned csv data/data.csv (fingerprint {fingerprint}); it is "
                        f"looked for in data (from {tmp_path}), which does not exist. Give the data to use with "
                        f"-data PATH.\n")
     assert looked == []
