@@ -220,11 +220,16 @@ def load_at(params, record, data_path, log=print):
     fingerprint matches); else None, as for a record of the built-in set, which is at no path."""
     if not record or record['dataset'] == 'builtin':
         return None
+    said = []
     try:
-        data = load_data({**params, 'dataset': record['dataset'], 'data_path': str(data_path)}, log)
+        data = load_data({**params, 'dataset': record['dataset'], 'data_path': str(data_path)}, said.append)
     except InputError:
-        return None
-    return data if data.fingerprint == record['fingerprint'] else None
+        data = None
+    same = data is not None and data.fingerprint == record['fingerprint']
+    for line in said:  # what decoding found is said either way; the summary only of the data used
+        if same or not line.startswith('Data: '):
+            log(line)
+    return data if same else None
 
 
 def rendered_elsewhere(where, record, data):

@@ -92,6 +92,13 @@ def test_the_readme_stays_a_transcript():
     assert not re.search(r'\b\d+ (passed|tests\b)|passed in \d', readme)
 
 
+def test_every_python_file_stays_under_400_lines():
+    """Small files with clear roles (STYLE.md): a file that grows past 400 lines is split by role."""
+    long = {str(p.relative_to(ROOT)): n for p in ROOT.glob('**/*.py') if '.git' not in p.parts
+            and (n := len(p.read_text(encoding='utf-8').splitlines())) >= 400}
+    assert not long, long
+
+
 def checked_bench(argv):
     _, overrides = bench.parse_args(argv)
     config.check_params(config.apply_overrides(train.params, overrides))
