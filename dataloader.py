@@ -29,9 +29,11 @@ class Dataset:
     fingerprint: str = ''  # of the images, labels, split and classes: the same data gives the same
 
     def record(self, params):
-        """What a checkpoint keeps of the data it learned, to find and check it again."""
+        """What a checkpoint keeps of the data it learned, to find and check it again (for the built-in
+        set, also what rendered it)."""
+        drawn = {'renderer': devanagari.renderer()} if self.kind == 'builtin' else {}
         return {'name': self.name, 'dataset': self.kind, 'fingerprint': self.fingerprint,
-                'data_path': str(Path(params['data_path']).expanduser().resolve())}
+                'data_path': str(Path(params['data_path']).expanduser().resolve()), **drawn}
 
 
 def canonical(name):
@@ -42,10 +44,10 @@ def canonical(name):
 # -- cache --------------------------------------------------------------------------------------
 def fingerprint(kind, path, A, B):
     """A key that changes when the source changes: the names, sizes and modification times of the files its
-    decoder reads (the built-in set's fonts; for image folders, each image's, found without reading any;
-    nothing else there, the cache folder included, counts)."""
+    decoder reads (for image folders, each image's, found without reading any; nothing else there, the
+    cache folder included, counts); for the built-in set, what renders it."""
     if kind == 'builtin':
-        root, files = Path(), devanagari.font_paths()  # rendered from these fonts
+        root, files = Path(), []  # rendered: what renders it is in the key
     elif kind in ('uci', 'folder'):
         root, files = path, formats.image_files(kind, path)
     elif kind in ('mnist', 'binarized_mnist'):
@@ -53,6 +55,8 @@ def fingerprint(kind, path, A, B):
     else:
         root, files = path.parent, [path]
     parts = [kind, str(CACHE_VERSION), str(formats.BUILTIN_PER_CLASS), str(A), str(B), str(root.resolve())]
+    if kind == 'builtin':
+        parts.append(devanagari.renderer())
     under = len(str(root / '_')) - 1  # a file's path under root is str(f)[under:] (root may be '.')
     for f in files:
         stat = os.stat(f)
@@ -206,9 +210,10 @@ def load_data(params, log=print):
 
 def checked_record(record, where):
     """A checkpoint's record of the data it learned (None where it has none), checked to be plain text."""
+    text = lambda v: isinstance(v, str) and v.isprintable() and len(v) <= 4096
     fields = ('name', 'dataset', 'fingerprint', 'data_path')
-    if record and not (isinstance(record, dict) and all(isinstance(record.get(k), str) and record[k].isprintable()
-                                                        and len(record[k]) <= 4096 for k in fields)):
+    if record and not (isinstance(record, dict) and all(text(record.get(k)) for k in fields)
+                       and text(record.get('renderer', ''))):
         raise InputError(f"{where}: its record of the data it learned is damaged; give the data to use with "
                          f"-data PATH.")
     return record or None
@@ -235,8 +240,9 @@ def load_at(params, record, data_path, log=print):
 def rendered_elsewhere(where, record, data):
     """The line said where the built-in set rendered here is not the one a checkpoint learned (only
     fonts or a Pillow of other versions render other pixels; there is no other source to give)."""
-    return (f"{where} learned the built-in set as rendered with fingerprint {record['fingerprint']}; here it renders "
-            f"as {data.fingerprint} (other font or Pillow versions draw other pixels): it is used as rendered here.")
+    return (f"{where} learned the built-in set as rendered with fingerprint {record['fingerprint']} (by "
+            f"{record.get('renderer') or 'an earlier version'}); here it renders as {data.fingerprint} (by "
+            f"{devanagari.renderer()}): it is used as rendered here.")
 
 
 def load_trained(params, record, where, log=print):

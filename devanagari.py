@@ -11,6 +11,7 @@ a random affine + elastic warp as batched torch ops driven by a seeded generator
 lands in DHCD's convention: 32x32 uint8, white strokes on black, 2-pixel black frame.
 """
 import functools
+import hashlib
 import importlib
 import warnings
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont, features
+from PIL import Image, ImageDraw, ImageFont, __version__ as PILLOW, features
 
 _SUFFIXES = ("ka kha ga gha kna cha chha ja jha yna taamatar thaa daa dhaa adna tabala "
              "tha da dha na pa pha ba bha ma yaw ra la waw motosaw petchiryakha patalosaw "
@@ -34,6 +35,15 @@ FONTS = {"fontpkg_noto_sans_devanagari": ["NotoSansDevanagari[wdth,wght].ttf"],
          "fontpkg_kalam": ["Kalam-Light.ttf", "Kalam-Regular.ttf", "Kalam-Bold.ttf"]}
 
 LAYOUT = ImageFont.Layout.RAQM if features.check("raqm") else ImageFont.Layout.BASIC
+WARP = 2  # the warp's version: bump when a change to it draws other pixels
+
+
+def renderer() -> str:
+    """What draws the built-in set here, all that can change its pixels on any CPU: the warp's version,
+    Pillow and the libraries it draws glyphs with, and the font files (by content)."""
+    fonts = hashlib.sha256(b"".join(path.read_bytes() for path in font_paths())).hexdigest()[:12]
+    return (f"warp {WARP}, Pillow {PILLOW} (FreeType {features.version('freetype2')}, raqm "
+            f"{features.version('raqm')}), fonts {fonts}")
 
 
 def font_paths() -> list[Path]:
