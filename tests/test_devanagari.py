@@ -156,6 +156,7 @@ def test_the_built_in_set_is_the_same_bytes_on_every_cpu():
         assert out.returncode == 0, out.stderr
         kernels, fingerprint = json.loads(out.stdout.splitlines()[-1])
         found[kernels] = fingerprint
-    shipped = torch.load(ROOT / 'checkpoint' / 'devanagari_builtin', map_location='cpu', weights_only=True)
     assert 'DEFAULT' in found and len(set(found.values())) == 1, found
-    assert set(found.values()) == {shipped['data']['fingerprint']}
+    shipped = torch.load(ROOT / 'checkpoint' / 'devanagari_builtin', map_location='cpu', weights_only=True)
+    if shipped['data']['renderer'] == devanagari.renderer():  # else other pixels are expected (docs/data.md)
+        assert set(found.values()) == {shipped['data']['fingerprint']}

@@ -8,6 +8,8 @@ import shutil
 import pytest
 import torch
 
+import dataloader
+import devanagari
 import evaluate
 import formats
 import train
@@ -67,7 +69,10 @@ def test_a_builtin_model_rendered_otherwise_here_is_used_and_said_so(tmp_path, m
     train.main([*TINY, 'epoch_num=2', 'cache_dir=cache', 'resume=other'])
     out = capsys.readouterr().out
     here = load_data({**DEFAULTS, 'dataset': 'builtin', 'cache_dir': 'cache'}, log=lambda line: None).fingerprint
-    said = f"other learned the built-in set as rendered with fingerprint 0123456789abcdef; here it renders as {here} "
+    drawn = devanagari.renderer()
+    assert ckpt['data']['renderer'] == drawn  # what rendered it is recorded
+    said = (f"other learned the built-in set as rendered with fingerprint 0123456789abcdef (by {drawn}); here it "
+            f"renders as {here} (by {drawn}): it is used as rendered here.")
     assert out.count(said) == 2 and 'elsewhere' not in out  # evaluate.py, then the resume
     assert 'on the test split of built-in rendered Devanagari: 46 images' in out
     assert torch.load('model_final', weights_only=True)['epoch'] == 2  # beside the file it resumed
@@ -89,3 +94,11 @@ def test_data_given_with_data_that_is_what_the_model_learned_gets_its_sample_sco
     assert f"mine.csv is the data model learned (its fingerprint {ckpt['data']['fingerprint']})" in out
     assert 'on the test split of csv' in out and 'skipped' not in out
     assert re.search(r'Sample quality, by a CNN trained on the training split of csv \S*mine.csv', out), out
+
+
+def test_the_built_in_sets_cache_is_keyed_by_what_renders_it(monkeypatch):
+    """Another Pillow, FreeType or font file draws other pixels: the built-in set's cache is not reused."""
+    key = dataloader.fingerprint('builtin', None, 32, 32)
+    assert dataloader.fingerprint('builtin', None, 32, 32) == key
+    monkeypatch.setattr(devanagari, 'renderer', lambda: 'warp 2, Pillow 99.0.0 (FreeType 9, raqm 9), fonts 0')
+    assert dataloader.fingerprint('builtin', None, 32, 32) != key
