@@ -208,12 +208,16 @@ def load_data(params, log=print):
                    digest.hexdigest()[:16])
 
 
+def plain_text(value):
+    """Whether a string read from a checkpoint can be shown as it is: printable, of a sane length."""
+    return isinstance(value, str) and value.isprintable() and len(value) <= 4096
+
+
 def checked_record(record, where):
     """A checkpoint's record of the data it learned (None where it has none), checked to be plain text."""
-    text = lambda v: isinstance(v, str) and v.isprintable() and len(v) <= 4096
     fields = ('name', 'dataset', 'fingerprint', 'data_path')
-    if record and not (isinstance(record, dict) and all(text(record.get(k)) for k in fields)
-                       and text(record.get('renderer', ''))):
+    if record and not (isinstance(record, dict) and all(plain_text(record.get(k)) for k in fields)
+                       and plain_text(record.get('renderer', ''))):
         raise InputError(f"{where}: its record of the data it learned is damaged; give the data to use with "
                          f"-data PATH.")
     return record or None
@@ -240,8 +244,9 @@ def load_at(params, record, data_path, log=print):
 def rendered_elsewhere(where, record, data):
     """The line said where the built-in set rendered here is not the one a checkpoint learned (only
     fonts or a Pillow of other versions render other pixels; there is no other source to give)."""
+    drawn = record.get('renderer') if plain_text(record.get('renderer')) else 'an earlier version'
     return (f"{where} learned the built-in set as rendered with fingerprint {record['fingerprint']} (by "
-            f"{record.get('renderer') or 'an earlier version'}); here it renders as {data.fingerprint} (by "
+            f"{drawn}); here it renders as {data.fingerprint} (by "
             f"{devanagari.renderer()}): it is used as rendered here.")
 
 

@@ -28,11 +28,15 @@ class Stopped(Exception):
 
 
 def run(main):
-    """Run a script's main(), turning InputError (exit status 2) and Stopped into one clear line. On an
+    """Run a script's main(), turning InputError (exit status 2), Stopped and a Ctrl-C outside the training
+    loop (decoding, compiling; the loop saves its state first) into one clear line. Ctrl-C is heard even
+    where the shell started the script ignoring it (a background job): the training loop's handler would
+    hear it, and a run must not stop at one moment and not at another. On an
     x86 CPU, subnormal floats (below 1.2e-38) are flushed to zero first, before the threads that compute
     start (they inherit the setting): the filterbanks' softmax (Eqs. 25-26) underflows into that range
     for the pixels far from a filter, and a CPU handles each such operand in slow microcode (docs/speed.md)."""
     torch.set_flush_denormal(True)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main()
     except InputError as e:
@@ -41,6 +45,9 @@ def run(main):
     except Stopped as e:
         print(f"stopped: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("stopped: SIGINT (Ctrl-C); every file already written is kept.", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
 
 
 class StopSignals:

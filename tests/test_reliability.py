@@ -168,6 +168,33 @@ def test_signal_to_a_real_run_saves_its_state_and_keeps_old_checkpoints(work, si
     assert not [p for p in (work / 'checkpoint').iterdir() if p.name.endswith('.tmp')]  # no temp files
 
 
+@pytest.mark.slow
+def test_ctrl_c_while_the_step_compiles_stops_the_run_with_one_line(work, tmp_path):
+    """SIGINT during a first compile (inductor's caches empty), to a train.py that its shell started
+    ignoring SIGINT (as a background job is): the run stops within seconds, with one line, and writes
+    no model."""
+    env = {**os.environ, 'TORCHINDUCTOR_CACHE_DIR': str(tmp_path / 'inductor')}
+    args = [*TINY[:-1], 'compile=true', 'epoch_num=3', 'cache_dir=cache']
+    proc = subprocess.Popen([sys.executable, str(ROOT / 'train.py'), *args], cwd=work, text=True, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        for line in proc.stdout:
+            if line.startswith('Compiling the training step'):
+                break
+        time.sleep(1)
+        assert proc.poll() is None  # still compiling
+        sent = time.time()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # where it went on
+    assert time.time() - sent < 30 and 'compiled in' not in out
+    assert proc.returncode == 128 + signal.SIGINT
+    assert err.strip() == 'stopped: SIGINT (Ctrl-C); every file already written is kept.'
+    assert not (work / 'checkpoint' / 'model_final').exists()
+
+
 def nan_loss_after(monkeypatch, good_calls):
     calls, objective = [0], DRAWModel.objective
 
