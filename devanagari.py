@@ -7,12 +7,13 @@ Fonts: Noto Sans Devanagari (variable font, drawn at several weights) and Kalam
 pip packages fontpkg-noto-sans-devanagari and fontpkg-kalam.
 
 Each (glyph, face) is rendered once with PIL at 2x resolution; every sample then gets
-a random affine + elastic warp as batched torch ops driven by a seeded generator, and
-lands in DHCD's convention: 32x32 uint8, white strokes on black, 2-pixel black frame.
+a random affine + elastic warp, computed so that every CPU gives the same bytes for a
+seed, and lands in DHCD's convention: 32x32 uint8, white strokes on black, 2-pixel black frame.
 """
 import functools
 import hashlib
 import importlib
+import math
 import warnings
 from pathlib import Path
 
@@ -97,9 +98,9 @@ def _base_images():
 
 
 # The warp below gives the same bytes on every CPU: float64 and only the operations IEEE 754 rounds
-# exactly (+ - * /, floor, round), each a separate elementwise op, so no SIMD width, FMA, library kernel
-# (sin, matmul, grid_sample) or summation order can change a result. Its random numbers come from
-# PCG64's raw stream, whose bits numpy keeps stable across versions and machines.
+# exactly (+ - * /, sqrt, floor, round), each a separate elementwise op, so no SIMD width, FMA, library
+# kernel (sin, matmul, grid_sample) or summation order can change a result. Its random numbers come
+# from PCG64's raw stream, whose bits numpy keeps stable across versions and machines.
 def _uniforms(seed, n, k):
     """(n, k) float64 uniforms in [0, 1) and n raw 64-bit integers, from seed's PCG64 stream."""
     raw = np.random.PCG64(seed).random_raw(n * (k + 1)).reshape(n, k + 1)
@@ -159,7 +160,7 @@ def _warp(x, u):
     gx, gy = c.view(1, 1, HI), c.view(1, HI, 1)
     m = [v.view(n, 1, 1) for v in (cos / sx, (cos * shear - sin) / sy, sin / sx, (sin * shear + cos) / sy, tx, ty)]
     # elastic distortion: a coarse 4x4 random displacement field (std 0.06), smoothly upsampled
-    coarse = between(-0.06 * 3 ** 0.5, 0.06 * 3 ** 0.5, u[:, 6:38]).view(n, 2, 4, 4)
+    coarse = between(-0.06 * math.sqrt(3), 0.06 * math.sqrt(3), u[:, 6:38]).view(n, 2, 4, 4)
     w = _bicubic_weights(HI, 4)
     ex, ey = _linear_map(_linear_map(coarse, w).transpose(-1, -2), w).transpose(-1, -2).unbind(1)  # (n, HI, HI)
     u_in = m[0] * gx + m[1] * gy + m[4] + ex
