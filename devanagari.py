@@ -39,9 +39,11 @@ LAYOUT = ImageFont.Layout.RAQM if features.check("raqm") else ImageFont.Layout.B
 WARP = 2  # the warp's version: bump when a change to it draws other pixels
 
 
+@functools.lru_cache(maxsize=1)
 def renderer() -> str:
     """What draws the built-in set here, all that can change its pixels on any CPU: the warp's version,
-    Pillow and the libraries it draws glyphs with, and the font files (by content)."""
+    Pillow and the libraries it draws glyphs with, and the font files (by content; hashed once per
+    process, not at every cache lookup and checkpoint)."""
     fonts = hashlib.sha256(b"".join(path.read_bytes() for path in font_paths())).hexdigest()[:12]
     return (f"warp {WARP}, Pillow {PILLOW} (FreeType {features.version('freetype2')}, raqm "
             f"{features.version('raqm')}), fonts {fonts}")

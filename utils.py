@@ -30,11 +30,11 @@ class Stopped(Exception):
 def run(main):
     """Run a script's main(), turning InputError (exit status 2), Stopped and a Ctrl-C outside the training
     loop (decoding, compiling; the loop saves its state first) into one clear line. Ctrl-C is heard even
-    where the shell started the script ignoring it (a background job): the training loop's handler would
-    hear it, and a run must not stop at one moment and not at another. On an
-    x86 CPU, subnormal floats (below 1.2e-38) are flushed to zero first, before the threads that compute
-    start (they inherit the setting): the filterbanks' softmax (Eqs. 25-26) underflows into that range
-    for the pixels far from a filter, and a CPU handles each such operand in slow microcode (docs/speed.md)."""
+    where the shell started the script ignoring it (a background job), as the training loop's handler
+    hears it there: no moment of a run is deaf to it. On an x86 CPU, subnormal floats (below 1.2e-38)
+    are flushed to zero first, before the threads that compute start (they inherit the setting): the
+    filterbanks' softmax (Eqs. 25-26) underflows into that range for the pixels far from a filter, and a
+    CPU handles each such operand in slow microcode (docs/speed.md)."""
     torch.set_flush_denormal(True)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
