@@ -8,12 +8,14 @@ the variants take turns, so drift hits them alike):
                     given: what the original trains (shown where the sizes differ from those timed)
   2019-style        the 2019 loop's costs at the params' sizes: 3 channels, unfused Adam, the loss read every
                     step, fp32 (the ratios' base, like for like)
-  train.py (fp32)   this repository's step (fused Adam, no per-step sync)
+  train.py (fp32)   this repository's step as train.py's loop runs it (training.loop_step: a batch indexed from
+                    the data on the device, the schedule, fused Adam, the moving average, no per-step sync)
   train.py (bf16)   the same under bf16 autocast, timed only where bf16 is native (what precision=auto uses)
-  train.py (..., compiled)  the step compiled by torch.compile, in the precision precision=auto picks
-                    (what a long train.py run uses; not timed with compile=false or where it cannot compile),
-                    after timing its compile in two fresh processes: cold (empty inductor caches) and
-                    warm (the caches the first left, as for a second train.py start)
+  train.py (..., glimpse compiled), train.py (..., step compiled)  the step with the glimpse or the whole
+                    step compiled by torch.compile (compiling.py), in the precision precision=auto picks (what
+                    compile=auto chooses between; only the one asked with compile=glimpse or step, neither with
+                    compile=false or where it cannot compile), after timing each compile in two fresh processes:
+                    cold (empty inductor caches) and warm (the caches the first left, as for a second train.py start)
   train.py (..., K=V)  with --vs K=V[,K=V...] (repeatable): train.py's step with those params changed, in
                     the precision train.py picks for them, e.g. --vs write_N=6 to time a size against the defaults
 with each step's arithmetic (matrix-product GFLOP per image, counted by torch's FlopCounterMode), the
@@ -28,6 +30,7 @@ the 2019 rows too, so they run faster than the 2019 code, which kept them; --kee
 row as it did (a CPU's threads take the setting when they start, so one process cannot time both).
 """
 import argparse
+import copy
 import os
 import statistics
 import subprocess
@@ -46,6 +49,7 @@ import figures
 import train
 import training
 import utils
+from dataloader import to_input
 from draw_model import DRAWModel
 
 
@@ -75,6 +79,9 @@ def peak_gflops(device, dtype, seconds=1.0):
     return statistics.median(rates)
 
 
+DATA_IMAGES = 4096  # the random binary training set the train.py rows index their batches from
+
+
 def step_gflop(step, images):
     """Matrix-product GFLOP per image of one call of step (forward, backward, Adam)."""
     with FlopCounterMode(display=False) as counter:
@@ -83,10 +90,11 @@ def step_gflop(step, images):
 
 
 def make_step(p, device, style):
-    """A function running one training step of a fresh model, as the variant style does it."""
+    """A function running one training step of a fresh model, as the variant style ('2019', 'train.py', or
+    a region compiled, compiling.REGIONS) does it."""
     model = DRAWModel(p).to(device)
-    images = (torch.rand(p['batch_size'], p['channel'], p['B'], p['A'], device=device) > 0.7).float()
     if style == '2019':  # per-step host read of the loss, as the original's loss list does
+        images = (torch.rand(p['batch_size'], p['channel'], p['B'], p['A'], device=device) > 0.7).float()
         optimizer = torch.optim.Adam(model.parameters(), lr=p['learning_rate'], betas=(p['beta1'], 0.999))
 
         def step():
@@ -97,13 +105,23 @@ def make_step(p, device, style):
             optimizer.step()
             return loss.item()
         return step
+    bs, per_epoch = p['batch_size'], DATA_IMAGES // p['batch_size']
+    train_x = ((torch.rand(DATA_IMAGES, 1, p['B'], p['A'], device=device) > 0.7) * 255).to(torch.uint8)
+    train = train_x, torch.zeros(DATA_IMAGES, dtype=torch.long, device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=p['learning_rate'], betas=(p['beta1'], 0.999), fused=True)
     objective = distributed.objective(model, device)
-    if style == 'compiled':
-        objective = compiling.compile_objective(objective, images, None, p['free_bits'], p['precision'], print)
+    if style in compiling.REGIONS:
+        objective = compiling.compile_objective(objective, to_input(train_x[:bs], p['binarize'], p['channel']), None,
+                                                p['free_bits'], p['precision'], print, style)
         if not isinstance(objective, compiling.Switch):
             raise utils.InputError('the compiled step failed to compile (above); time it with compile=false.')
-    return lambda: training.train_step(objective, optimizer, images, None, p)
+    averaged = copy.deepcopy(model).requires_grad_(False) if p['ema'] else None
+    run, order = training.Run(model, averaged, optimizer, training.RunState()), torch.randperm(DATA_IMAGES, device=device)
+
+    def step():
+        i = run.state.step % per_epoch
+        return training.loop_step(run, objective, train, order[i * bs:(i + 1) * bs], p, p['epoch_num'] * per_epoch)
+    return step
 
 
 ORIGINAL_SIZES = {'enc_size': 400, 'dec_size': 400, 'write_N': 6}  # the 2019 code's defaults where train.py's differ
@@ -111,15 +129,15 @@ ORIGINAL_SIZES = {'enc_size': 400, 'dec_size': 400, 'write_N': 6}  # the 2019 co
 
 def variants_planned(p, vs, device, precision, native, compiled):
     """{name: (params, style)} of the steps to time: the 2019 loop, train.py's step in fp32, in bf16 where
-    native, compiled (unless compile=false or it cannot compile here), and with each --vs change."""
+    native, with each region of compiled compiled, and with each --vs change."""
     plan = {'2019-style': ({**p, 'channel': 3, 'precision': 'fp32'}, '2019'),
             'train.py (fp32)': ({**p, 'precision': 'fp32'}, 'train.py')}
     if any(p[k] != v for k, v in ORIGINAL_SIZES.items()):
         plan = {'2019 code': ({**p, **ORIGINAL_SIZES, 'channel': 3, 'precision': 'fp32'}, '2019'), **plan}
     if native:
         plan['train.py (bf16)'] = ({**p, 'precision': 'bf16'}, 'train.py')
-    if compiled:
-        plan[f'train.py ({precision}, compiled)'] = ({**p, 'precision': precision}, 'compiled')
+    for region in compiled:
+        plan[f'train.py ({precision}, {region} compiled)'] = ({**p, 'precision': precision}, region)
     for change in vs:
         try:
             other = config.apply_overrides(p, change.split(','))
@@ -129,8 +147,8 @@ def variants_planned(p, vs, device, precision, native, compiled):
             chosen, _ = utils.resolve_precision(other['precision'], device)
         except utils.InputError as e:
             raise utils.InputError(f'--vs {change}: {e}') from None
-        plan[f'train.py ({chosen}, {change})'] = ({**other, 'precision': chosen},
-                                                  'compiled' if other['compile'] == 'true' else 'train.py')
+        region = {'true': 'glimpse', 'glimpse': 'glimpse', 'step': 'step'}.get(other['compile'], 'train.py')
+        plan[f'train.py ({chosen}, {change})'] = ({**other, 'precision': chosen}, region)
     return plan
 
 
@@ -155,10 +173,10 @@ def time_shares(step, steps=3):
     return products, batched, fused, other, calls
 
 
-def compile_seconds(overrides, cache):
-    """Seconds to compile train.py's step in a fresh process with inductor's caches in the folder cache."""
-    out = subprocess.run([sys.executable, __file__, '--compile-only', *overrides], capture_output=True, text=True,
-                         env={**os.environ, 'TORCHINDUCTOR_CACHE_DIR': cache})
+def compile_seconds(region, overrides, cache):
+    """Seconds to compile region of train.py's step in a fresh process with inductor's caches in the folder cache."""
+    out = subprocess.run([sys.executable, __file__, '--compile-only', region, *overrides], capture_output=True,
+                         text=True, env={**os.environ, 'TORCHINDUCTOR_CACHE_DIR': cache})
     if out.returncode:
         raise utils.InputError(f"compiling in a fresh process failed:\n{out.stderr.strip()[-2000:]}")
     return float(out.stdout.split()[-1])
@@ -225,7 +243,7 @@ def parse_args(argv):
                         help="also time train.py's step with these params changed (repeatable)")
     parser.add_argument('--keep-subnormals', action='store_true',
                         help='compute with subnormal floats kept, as the 2019 code did (the scripts flush them to zero)')
-    parser.add_argument('--compile-only', action='store_true', help=argparse.SUPPRESS)  # compile_seconds' child
+    parser.add_argument('--compile-only', choices=compiling.REGIONS, help=argparse.SUPPRESS)  # compile_seconds' child
     args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if min(args.windows, args.steps) < 1 or args.warmup < 0:
         parser.error('--windows and --steps must be at least 1, --warmup at least 0')
@@ -268,15 +286,17 @@ def main(argv=None):
     torch.manual_seed(p['seed'])
     if args.compile_only:
         start = time.perf_counter()
-        make_step({**p, 'precision': precision}, device, 'compiled')
+        make_step({**p, 'precision': precision}, device, args.compile_only)
         print(f'{time.perf_counter() - start:.1f}')
         return
-    native, compiled = utils.native_bf16(device), p['compile'] != 'false' and not compiling.unavailable(device)
+    native = utils.native_bf16(device)
+    compiled = () if p['compile'] == 'false' or compiling.unavailable(device) else \
+        compiling.REGIONS if p['compile'] == 'auto' else ('step',) if p['compile'] == 'step' else ('glimpse',)
     plan = variants_planned(p, args.vs, device, precision, native, compiled)  # --vs checked before any work
     with tempfile.TemporaryDirectory() as cache:
-        if compiled:  # cold in a fresh process, warm in a second one, then warm here
-            cold, warm = (compile_seconds(overrides, cache) for _ in range(2))
-            os.environ['TORCHINDUCTOR_CACHE_DIR'] = cache
+        # each region cold in a fresh process, warm in a second one, then warm here
+        seconds = {region: [compile_seconds(region, overrides, cache) for _ in range(2)] for region in compiled}
+        os.environ['TORCHINDUCTOR_CACHE_DIR'] = cache
         variants = {name: make_step(params, device, style) for name, (params, style) in plan.items()}
     width = max(map(len, variants)) + 2
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
@@ -293,9 +313,10 @@ def main(argv=None):
     print_rates(throughput(variants, p, device, args.windows, args.steps, args.warmup), gflop, peak, width)
     if device.type == 'cpu':
         print_profile(variants, gflop, peak, p['batch_size'], width)
-    if compiled:
-        print(f"compile time of the step: {cold:.0f} s cold (empty caches), {warm:.0f} s warm (a second process)")
-    else:
+    for region, (cold, warm) in seconds.items():
+        print(f"compile time of {compiling.WHAT[region]}: {cold:.0f} s cold (empty caches), {warm:.0f} s warm "
+              f"(a second process)")
+    if not compiled:
         print(f"compiled step: not timed ({'compile=false' if p['compile'] == 'false' else compiling.unavailable(device)})")
     print(f"generation: {training.GIF_SAMPLES} samples + PNG + GIF in {generation_seconds(p, device):.2f} s (median of 3)")
     (ours, fp32), bounds = test_bound_seconds(p, device, precision)

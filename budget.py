@@ -88,13 +88,14 @@ class Budget:
     def fix(self, state, per_epoch, p, chores):
         """Fixes state.total_steps from the timed steps and chores, the seconds (after each epoch, at each
         save) of the work between epochs (measured on rank 0; (0, 0) elsewhere); refuses a budget too
-        short. Returns the line for the log."""
+        short, shortens the KL's warm-up to a short run (check). Returns the line for the log."""
         self.costs = Costs(self.step_seconds, *chores)
         state.total_steps = self.said = distributed.rank0s(
             self.fit(state.batch, self.costs, per_epoch, p['save_epoch']), state.order.device)
-        self.check(state.total_steps, state.batch, self.costs, per_epoch, p)
+        shortened = self.check(state.total_steps, state.batch, self.costs, per_epoch, p)
         self.began, self.done = clock(), state.batch
-        return self.describe(state.total_steps, self.costs, per_epoch, p, p['batch_size'] * distributed.world())
+        return self.describe(state.total_steps, self.costs, per_epoch, p, p['batch_size'] * distributed.world()) + \
+            shortened
 
     def epoch_trained(self, state):
         """After an epoch's steps, before its test: the seconds a step took since the length was fixed."""
@@ -151,16 +152,19 @@ class Budget:
         return low
 
     def check(self, total, done, costs, per_epoch, p):
-        """Refuses a run of total steps shorter than one epoch or the KL's warm-up, naming the budget
-        that would do."""
-        need = max(per_epoch, p['kl_warmup'])
-        if total < need:
-            what = 'one epoch' if need == per_epoch else f"the KL's warm-up (kl_warmup={p['kl_warmup']})"
-            enough = math.ceil((self.spent() + self.rest(need, done, costs, per_epoch, p['save_epoch'])) / 60)
+        """Refuses a run with no step left after the done ones (those timed), naming the budget that would
+        give it one more epoch. Where fewer steps fit than twice the KL's warm-up, shortens the warm-up
+        to half the run (in p, which checkpoints keep, so a resume goes on with it): returns the line
+        saying so, or ''."""
+        if total <= done:
+            enough = math.ceil((self.spent() + self.rest(done + per_epoch, done, costs, per_epoch, p['save_epoch'])) / 60)
             raise utils.InputError(
-                f"minutes={p['minutes']:g} is too short here: after {self.spent():.0f} s of setting up, "
-                f"{plural(total, 'step')} of {costs.step:.2f} s fit, fewer than {what} ({need:,} steps). "
-                f"Give minutes={enough} or more.")
+                f"minutes={p['minutes']:g} is too short here: after {self.spent():.0f} s of setting up and "
+                f"{plural(done, 'step')} timed, no step of {costs.step:.2f} s is left. Give minutes={enough} or more.")
+        if total >= 2 * p['kl_warmup']:
+            return ''
+        p['kl_warmup'] = max(1, total // 2)
+        return f" The KL's warm-up is shortened to half the run, {plural(p['kl_warmup'], 'step')}."
 
     def describe(self, total, costs, per_epoch, p, batch_images):
         """The start-up line: what the budget decided, and from what."""

@@ -1,11 +1,16 @@
-"""The compiled training step (train.py's params key compile = auto | true | false).
+"""The compiled training step (train.py's params key compile = auto | glimpse | step | false).
 
-torch.compile (inductor, dynamic=False) turns the objective's forward and backward, 25 glimpses
-unrolled, into one graph of fused kernels: on a CPU it removes most of the tens of thousands of small
-operations an eager step dispatches; on a GPU its reduce-overhead mode also replays the step as a CUDA graph.
-Compiling costs minutes the first time and seconds once inductor's caches hold the graph, so auto
-compiles only where the planned steps win that time back. Where compiling cannot work (no C++
-compiler, no Triton, an inductor error) training goes on eager, with one line saying why.
+torch.compile (inductor, dynamic=False) turns the training objective's forward and backward into
+graphs of fused kernels: on a CPU it removes most of the tens of thousands of small operations an
+eager step dispatches; on a GPU its reduce-overhead mode replays the whole step as a CUDA graph. It
+compiles one of two regions. The glimpse (model.training_glimpse): DRAW repeats one glimpse T times,
+so compiling it once serves all of them, in tens of seconds whatever T (PyTorch's regional compilation;
+the loop around it stays eager). The step: the whole objective, all T glimpses unrolled into one graph,
+somewhat faster per step where the loop's glue matters, but minutes to compile the first time and
+again for every new T. Once inductor's caches hold a graph, compiling it again takes seconds. auto
+picks whichever of eager, the glimpse and the step ends the planned steps soonest. Where compiling
+cannot work (no C++ compiler, no Triton, an inductor error) training goes on eager, with one line
+saying why.
 """
 import json
 import os
@@ -19,15 +24,18 @@ import torch.nn as nn
 import config
 import utils
 
-# What compile=auto assumes before this machine has compiled the graph once: a compiled step saves at
+# What compile=auto assumes before this machine has compiled a region once: a step compiled so saves at
 # least SAVED_SHARE of an eager step's time (the least bench.py has measured on this project's CPUs; on
-# CUDA, a guess for the launch-bound step replayed as a CUDA graph), and a first (cold) compile of
-# forward and backward costs about COLD_SECONDS + COLD_SECONDS_PER_GLIMPSE * T. A start that finds the
-# graph in inductor's caches costs WARM_SHARE of a cold one. Later runs use the compile time they
+# CUDA, guesses: unmeasured), and a first (cold) compile costs about COLD_SECONDS + COLD_SECONDS_PER_GLIMPSE
+# * T of forward and backward (the glimpse's graph is one glimpse long whatever T). A start that finds
+# the graph in inductor's caches costs WARM_SHARE of a cold one. Later runs use the compile time they
 # recorded. The measurements behind these: docs/speed.md (the compiled step).
-SAVED_SHARE = {'cpu': 0.2, 'cuda': 0.5}
-COLD_SECONDS, COLD_SECONDS_PER_GLIMPSE = 40.0, 7.0
+REGIONS = ('glimpse', 'step')
+SAVED_SHARE = {'cpu': {'glimpse': 0.25, 'step': 0.3}, 'cuda': {'glimpse': 0.3, 'step': 0.5}}
+COLD_SECONDS = {'glimpse': 45.0, 'step': 40.0}
+COLD_SECONDS_PER_GLIMPSE = {'glimpse': 0.0, 'step': 7.0}
 WARM_SHARE = 0.1
+WHAT = {'glimpse': 'the glimpse', 'step': 'the whole step'}
 
 
 def unavailable(device):
@@ -49,12 +57,13 @@ def unavailable(device):
     return None
 
 
-def cache_key(p, num_classes, device):
+def cache_key(p, num_classes, device, region):
     """What identifies a compiled graph in the record of compile times: the class count only where the
-    model is conditional (an unconditional model's graph is the same on any data of its size)."""
-    keys = [f'{k}={p[k]}' for k in (*config.MODEL_KEYS, 'batch_size', 'precision')]
+    model is conditional (an unconditional model's graph is the same on any data of its size), T only
+    for the whole step (the glimpse's graph is the same for any T)."""
+    keys = [f'{k}={p[k]}' for k in (*config.MODEL_KEYS, 'batch_size', 'precision') if k != 'T' or region == 'step']
     classes = [f'classes={num_classes}'] if p['conditional'] else []
-    return ' '.join([torch.__version__, device.type, *classes, *keys])
+    return ' '.join([torch.__version__, device.type, region, *classes, *keys])
 
 
 class Record:
@@ -88,20 +97,27 @@ class Record:
 
 
 def decide(setting, device, steps, step_seconds, T, recorded):
-    """(compile?, why) for compile=setting on device: auto compiles when steps eager steps of
-    step_seconds each would lose more time than compiling costs (recorded seconds, or the cold estimate)."""
+    """(the region to compile, or None for eager; why) for compile=setting on device: auto picks what
+    ends steps eager steps of step_seconds each soonest, each region's compile costing its recorded
+    seconds ({region: seconds or None}) or the cold estimate."""
     if setting == 'false':
-        return False, 'compile=false'
+        return None, 'compile=false'
     reason = unavailable(device)
     if reason:
-        return False, f'compile={setting}, but {reason}'
-    if setting == 'true':
-        return True, 'compile=true'
-    cost = recorded if recorded is not None else COLD_SECONDS + COLD_SECONDS_PER_GLIMPSE * T
-    saved = steps * step_seconds * SAVED_SHARE.get(device.type, 0)
-    basis = (f"{steps:,} steps of {step_seconds:.2f} s eager: compiling would save about {saved:.0f} s "
-             f"and cost about {cost:.0f} s ({'as recorded here' if recorded is not None else 'a first compile'})")
-    return saved > cost, f'compile=auto, {basis}'
+        return None, f'compile={setting}, but {reason}'
+    if setting != 'auto':
+        return ('glimpse' if setting == 'true' else setting), f'compile={setting}'
+    eager, shares = steps * step_seconds, SAVED_SHARE.get(device.type, {})
+    ends, said = {None: eager}, []
+    for region in REGIONS:
+        cost = recorded.get(region)
+        basis = 'as recorded here' if cost is not None else 'a first compile'
+        cost = cost if cost is not None else COLD_SECONDS[region] + COLD_SECONDS_PER_GLIMPSE[region] * T
+        ends[region] = cost + eager * (1 - shares.get(region, 0))
+        said.append(f"{WHAT[region]} compiled about {ends[region]:,.0f} s ({cost:.0f} s to compile, {basis})")
+    best = min(ends, key=ends.get)
+    return best, (f"compile=auto, {steps:,} steps of {step_seconds:.2f} s: eager about {eager:,.0f} s, "
+                  f"{', '.join(said)}")
 
 
 def eager_step_seconds(objective, x, y, precision, repeats=2):
@@ -136,16 +152,20 @@ def cache_hits():
 
 
 class Switch(nn.Module):
-    """objective compiled for batches of batch_size (dynamic=False: one graph, no recompiles); other
-    batches (an epoch's last, smaller one) run eager on the same weights."""
+    """objective with region ('glimpse' or 'step', see the module's docstring) compiled for batches of
+    batch_size (dynamic=False: one graph, no recompiles); other batches (an epoch's last, smaller one)
+    run eager on the same weights."""
 
-    def __init__(self, objective, batch_size, device):
+    def __init__(self, objective, batch_size, device, region):
         super().__init__()
         self.eager, self.batch_size = objective, batch_size
-        self.cuda_graphs = device.type == 'cuda'
+        self.cuda_graphs = device.type == 'cuda' and region == 'step'  # one graph replayed per step
         torch._inductor.config.fallback_random = True  # the noise eager draws, from the same generator
-        self.compiled = torch.compile(objective, dynamic=False,
-                                      mode='reduce-overhead' if self.cuda_graphs else None)
+        if region == 'glimpse':
+            glimpse = torch.compile(objective.model.training_glimpse, dynamic=False)
+            self.compiled = lambda x, y, kl_weight, free_bits: objective(x, y, kl_weight, free_bits, glimpse)
+        else:
+            self.compiled = torch.compile(objective, dynamic=False, mode='reduce-overhead' if self.cuda_graphs else None)
 
     def forward(self, x, y, kl_weight=1.0, free_bits=0.0):
         if len(x) != self.batch_size:
@@ -156,12 +176,11 @@ class Switch(nn.Module):
         return trained, loss.clone()  # kept past the next step, which reuses a CUDA graph's outputs
 
 
-def compile_objective(objective, x, y, free_bits, precision, log, record=None, key=None):
-    """A Switch around objective, its graph compiled now by one forward and backward pass on the
+def compile_objective(objective, x, y, free_bits, precision, log, region='glimpse', record=None, key=None):
+    """A Switch around objective with region compiled now by one forward and backward pass on the
     batch (x, y) (random generators and gradients left as they were) and the time put in record
-    under key (a Record, or None); or
-    objective itself, with one line saying why, where compiling fails."""
-    switch = Switch(objective, len(x), x.device)
+    under key (a Record, or None); or objective itself, with one line saying why, where compiling fails."""
+    switch = Switch(objective, len(x), x.device, region)
     hits, start = cache_hits(), time.perf_counter()
     try:
         with untouched(objective, x.device), utils.autocast(x.device, precision):
@@ -173,5 +192,5 @@ def compile_objective(objective, x, y, free_bits, precision, log, record=None, k
     seconds = time.perf_counter() - start
     if record:
         record.put(key, seconds, cache_hits() > hits, log)
-    log(f"compile: the training step compiled in {seconds:.0f} s.")
+    log(f"compile: {WHAT[region]} compiled in {seconds:.0f} s.")
     return switch

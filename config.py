@@ -59,7 +59,7 @@ def check_params(params):
         'binarize': (lambda v: v in ('none', 'threshold', 'sample'), "'none', 'threshold' or 'sample'"),
         'lr_schedule': (lambda v: v in ('cosine', 'wsd', 'constant'), "'cosine', 'wsd' or 'constant'"),
         'precision': (lambda v: v in ('auto', 'fp32', 'bf16'), "'auto', 'fp32' or 'bf16'"),
-        'compile': (lambda v: v in ('auto', 'true', 'false'), "'auto', 'true' or 'false'"),
+        'compile': (lambda v: v in ('auto', 'glimpse', 'step', 'true', 'false'), "'auto', 'glimpse', 'step' or 'false'"),
     })
     for key, (ok, what) in rules.items():
         if key not in params:

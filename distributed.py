@@ -54,8 +54,8 @@ class Objective(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x, y, kl_weight=1.0, free_bits=0.0):
-        return self.model.objective(x, y, kl_weight, free_bits)
+    def forward(self, x, y, kl_weight=1.0, free_bits=0.0, glimpse=None):
+        return self.model.objective(x, y, kl_weight, free_bits, glimpse)
 
 
 def objective(model, device):

@@ -182,12 +182,21 @@ class DRAWModel(nn.Module):
     # -- the recurrence ---------------------------------------------------------------------------
     def initial_state(self, n, device):
         """The canvas c_0 (the learned bias, or zeros) and the encoder's and decoder's (h, cell)
-        states (zeros)."""
+        states (zeros): each its own contiguous tensor, as every later glimpse's are, so that a
+        compiled glimpse (compiling.py) takes the first glimpse's inputs with the same graph."""
         canvas = torch.zeros(n, self.C, self.B, self.A, device=device) if self.canvas_bias is None \
-            else self.canvas_bias.expand(n, -1, -1, -1)
-        enc = torch.zeros(n, self.encoder.hidden_size, device=device)
-        dec = torch.zeros(n, self.decoder.hidden_size, device=device)
-        return canvas, (enc, enc), (dec, dec)
+            else self.canvas_bias.expand(n, -1, -1, -1).contiguous()
+        enc, dec = self.encoder.hidden_size, self.decoder.hidden_size
+        zeros = [torch.zeros(n, size, device=device) for size in (enc, enc, dec, dec)]
+        return canvas, tuple(zeros[:2]), tuple(zeros[2:])
+
+    def start(self, n, y, device):
+        """What the first glimpse of n images (of classes y) starts from: the merged weights (weights),
+        the one-hot labels, c_0, the encoder's and decoder's states and the decoder's outputs heads of
+        h_dec_0 = 0 (the first read window)."""
+        w, label = self.weights(), self.one_hot(y)
+        c, enc_state, dec_state = self.initial_state(n, device)
+        return w, label, c, enc_state, dec_state, F.linear(dec_state[0], *w['heads'])
 
     def one_hot(self, y):
         """The one-hot labels (n, num_classes) that join the LSTMs' inputs; None when unconditional."""
@@ -216,6 +225,14 @@ class DRAWModel(nn.Module):
         c, dec_state, heads = self.decode(w, z, label, c, dec_state)  # Eqs. 7-8
         return c, enc_state, dec_state, heads, mu, log_sigma, z
 
+    def training_glimpse(self, w, x, label, c, enc_state, dec_state, heads, noise):
+        """glimpse, returning the posterior's KL per image (n,) (Eq. 11) instead of mu, log sigma and z:
+        what objective steps through T times, and what compile=auto compiles once for all of them (the
+        region compiling.py compiles)."""
+        c, enc_state, dec_state, heads, mu, log_sigma, _ = self.glimpse(w, x, label, c, enc_state, dec_state,
+                                                                        heads, noise)
+        return c, enc_state, dec_state, heads, kl_divergence(mu, log_sigma)
+
     def forward(self, x, y=None, T=None, windows=None, noise=None):
         """Encode and redraw x (n, C, B, A) in [0, 1] (of classes y (n,) when conditional).
 
@@ -225,11 +242,8 @@ class DRAWModel(nn.Module):
         Eq. 6's N(0, 1) draws, is fresh when None.
         """
         T = T or self.T
-        w, label = self.weights(), self.one_hot(y)
-        c, enc_state, dec_state = self.initial_state(x.size(0), x.device)
-        heads = F.linear(dec_state[0], *w['heads'])  # the first read window, from h_dec_0 = 0
-        if noise is None:
-            noise = torch.randn(T, x.size(0), self.z_size, device=x.device)  # Eq. 6's noise, every glimpse's
+        w, label, c, enc_state, dec_state, heads = self.start(x.size(0), y, x.device)
+        noise = self.noise(x, T) if noise is None else noise
         canvases, mus, log_sigmas, zs = [], [], [], []
         for t in range(T):
             previous = heads
@@ -249,9 +263,11 @@ class DRAWModel(nn.Module):
         (Eqs. 10-11), (T, n); and the posterior's (mu, log_sigma, z), (T, n, z_size) each. noise: as
         forward's."""
         canvases, mu, log_sigma, z = self(x, y, noise=noise)
-        recon = F.binary_cross_entropy_with_logits(canvases[-1], x, reduction='none').sum((2, 3))  # Eq. 9
-        kl = 0.5 * (mu ** 2 + torch.exp(2 * log_sigma) - 2 * log_sigma - 1).sum(2)  # Eq. 11
-        return recon, kl, (mu, log_sigma, z)
+        return reconstruction(canvases[-1], x), kl_divergence(mu, log_sigma), (mu, log_sigma, z)
+
+    def noise(self, x, T):
+        """Eq. 6's N(0, 1) draws of every glimpse, (T, n, z_size), for the images x."""
+        return torch.randn(T, x.size(0), self.z_size, device=x.device)
 
     def loss(self, x, y=None):
         """Negative ELBO in nats per image (averaged over the batch), with its two terms (Eq. 12)."""
@@ -259,13 +275,23 @@ class DRAWModel(nn.Module):
         recon, kl = recon.sum(1).mean(), kl.sum(0).mean()
         return recon + kl, recon, kl  # Eq. 12
 
-    def objective(self, x, y=None, kl_weight=1.0, free_bits=0.0):
+    def objective(self, x, y=None, kl_weight=1.0, free_bits=0.0, glimpse=None):
         """(what training minimises, the negative ELBO of Eq. 12), nats per image averaged over the
         batch. The first weighs the KL by kl_weight (KL warm-up: Bowman et al. 2016, Sønderby et al.
         2016) and counts each glimpse's batch-mean KL as at least free_bits nats (free bits: Kingma
-        et al. 2016, IAF); both shape the gradient only, and at (1, 0) the two values are equal."""
-        recon, kl, _ = self.elbo_terms(x, y)
-        recon, kl = recon.sum(1).mean(), kl.mean(1)  # (T,): each glimpse's KL
+        et al. 2016, IAF); both shape the gradient only, and at (1, 0) the two values are equal.
+        glimpse: training_glimpse, or the same compiled (compiling.py); the canvases of the glimpses
+        before the last are not kept."""
+        w, label, c, enc_state, dec_state, heads = self.start(x.size(0), y, x.device)
+        if glimpse and torch.is_grad_enabled():  # the first glimpse's inputs as every later one's: one graph
+            c, *states = [t if t.requires_grad else t.requires_grad_() for t in (c, *enc_state, *dec_state)]
+            enc_state, dec_state = tuple(states[:2]), tuple(states[2:])
+        glimpse = glimpse or self.training_glimpse
+        kls = []
+        for noise in self.noise(x, self.T):
+            c, enc_state, dec_state, heads, kl = glimpse(w, x, label, c, enc_state, dec_state, heads, noise)
+            kls.append(kl)
+        recon, kl = reconstruction(c, x).sum(1).mean(), torch.stack(kls).mean(1)  # (T,): each glimpse's KL
         return recon + kl_weight * kl.clamp(min=free_bits).sum(), recon + kl.sum()
 
     @torch.no_grad()
@@ -275,8 +301,7 @@ class DRAWModel(nn.Module):
         (T, n, z_size), when given, are the z_t decoded instead of the prior's draws: e.g. the
         posterior's of real images (forward), redrawn with other labels y."""
         device = self.pixels_a.device
-        w, label = self.weights(), self.one_hot(y)
-        c, _, dec_state = self.initial_state(n, device)
+        w, label, c, _, dec_state, _ = self.start(n, y, device)
         canvases = []
         for t in range(T or self.T):
             z = torch.randn(n, self.z_size, device=device, generator=generator) if zs is None else zs[t]  # Eq. 13
@@ -285,6 +310,16 @@ class DRAWModel(nn.Module):
                 windows.append(self.box(heads, 'write'))
             canvases.append(torch.sigmoid(c))  # Eq. 16: the mean of D(X | c_t)
         return torch.stack(canvases)
+
+
+def reconstruction(logits, x):
+    """-log D(x | c_T) per image and channel, (n, C): a Bernoulli with logits c_T summed over the pixels (Eq. 9)."""
+    return F.binary_cross_entropy_with_logits(logits, x, reduction='none').sum((2, 3))
+
+
+def kl_divergence(mu, log_sigma):
+    """KL(N(mu, sigma) || N(0, 1)) summed over z's dimensions (the last), nats (Eq. 11)."""
+    return 0.5 * (mu ** 2 + torch.exp(2 * log_sigma) - 2 * log_sigma - 1).sum(-1)
 
 
 def with_label(inputs, label):

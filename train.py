@@ -59,7 +59,7 @@ params = {
     'clip': 5.0,  # gradient-norm clipping threshold
     'ema': 0.998,  # decay per step of the weights' moving average, its horizon shrunk with the rate: tested, drawn, saved (0: none)
     'precision': 'auto',  # auto: bf16 where native (CPUs with AVX512-BF16 or AMX, bf16 GPUs), else fp32 | fp32 | bf16
-    'compile': 'auto',  # auto: torch.compile the step where the run wins back the compile time | true | false
+    'compile': 'auto',  # auto: torch.compile what ends the run soonest, eager included | glimpse (true: the same) | step | false
     'seed': 0,  # seeds the split, initialisation, noise and data order
     'device': 'auto',  # auto (CUDA when available) | cpu | cuda | cuda:1 ...
     'nonfinite_limit': 10,  # non-finite losses or gradients in a row (each update skipped) before training stops
@@ -244,27 +244,30 @@ def train_on(p, ckpt, device, start, run_id):
 
 
 def step_objective(model, train, p, state, num_classes, plan=None):
-    """What training steps through: model.objective, compiled when compile asks for it (auto: where the
-    steps left win back the compile time, from an eager step timed on the first batch; in a minutes=N
-    run, the steps that its plan's time left would hold eager), in DDP under torchrun."""
+    """What training steps through: model.objective, its glimpse or whole step compiled when compile
+    asks for it (auto: whichever ends the steps left soonest, from an eager step timed on the first batch;
+    in a minutes=N run, the steps that its plan's time left would hold eager), in DDP under torchrun."""
     train_x, train_y = train
     objective, bs = distributed.Objective(model), p['batch_size']
     total = state.total(p, training.steps_per_epoch(len(train_x), bs))
     # the steps left to compile: none where every batch is smaller than batch_size (those run eager)
     steps = 0 if len(train_x) // distributed.world() < bs else None if total is None else total - state.step
     x, y = to_input(train_x[:bs], p['binarize'], p['channel']), train_y[:bs]
-    key, record = compiling.cache_key(p, num_classes, train_x.device), compiling.Record(p['cache_dir'])
+    record = compiling.Record(p['cache_dir'])
+    keys = {region: compiling.cache_key(p, num_classes, train_x.device, region) for region in compiling.REGIONS}
     timing = p['compile'] == 'auto' and steps != 0
     seconds = compiling.eager_step_seconds(objective, x, y, p['precision']) if timing else 0
     if steps is None:  # a minutes=N run's, before its length is fixed
         steps = int(max(0.0, plan.left()) / seconds) if seconds else 1
-    chosen, why = compiling.decide(p['compile'], train_x.device, steps, seconds, p['T'], record.get(key))
-    chosen = bool(distributed.rank0s(chosen, train_x.device)) and steps > 0
-    log(f"{'Compiling' if chosen else 'Not compiling'} the training step ({why}).")
-    if chosen:
-        objective = compiling.compile_objective(objective, x, y, p['free_bits'], p['precision'], log, record, key)
+    region, why = compiling.decide(p['compile'], train_x.device, steps, seconds, p['T'],
+                                   {region: record.get(key) for region, key in keys.items()})
+    chosen = distributed.rank0s(compiling.REGIONS.index(region) + 1 if region and steps > 0 else 0, train_x.device)
+    region = compiling.REGIONS[chosen - 1] if chosen else None  # rank 0's choice, on every rank
+    log(f"{f'Compiling {compiling.WHAT[region]}' if region else 'Not compiling the training step'} ({why}).")
+    if region:
+        objective = compiling.compile_objective(objective, x, y, p['free_bits'], p['precision'], log, region,
+                                                record, keys[region])
     return distributed.parallel(objective, train_x.device)
-
 
 if __name__ == '__main__':
     utils.run(main)

@@ -203,7 +203,7 @@ def train(run, objective, data, train, test, p, start, plan=None, scorer=None):
     the test bound on test, the loss plot and metrics, and every save_epoch epochs a checkpoint, a GIF and
     the scores (scorer) of the moving average. On SIGINT or SIGTERM, saves model_interrupted and stops.
     Under torchrun only rank 0 evaluates and writes. start: the script's start, by budget.clock."""
-    state, (train_x, train_y), bs = run.state, train, p['batch_size']
+    state, train_x, bs = run.state, train[0], p['batch_size']
     per_epoch, main = steps_per_epoch(len(train_x), bs), distributed.rank() == 0
     metrics, watch = Metrics(p, state.step > 0, start), NonFinite(p, train_x.device)
     with utils.StopSignals() as stop, distributed.peers_lost(lambda why: interrupted(run, p, data, watch, why=why)):
@@ -222,16 +222,8 @@ def train(run, objective, data, train, test, p, start, plan=None, scorer=None):
                 while state.batch < state.epoch_steps(p, per_epoch):
                     if distributed.agree(stop.received, train_x.device, now=(state.batch - first) % watch.every == 0):
                         interrupted(run, p, data, watch, stop.received)
-                    batch = mine[state.batch * bs:(state.batch + 1) * bs]
-                    rate = schedules.learning_rate(p, state.step, state.total(p, per_epoch), state.fall)
-                    for group in run.optimizer.param_groups:
-                        group['lr'] = rate
-                    watch.add(*train_step(objective, run.optimizer, to_input(train_x[batch], p['binarize'],
-                                                                             p['channel']), train_y[batch], p, state.step))
-                    if run.averaged is not None:
-                        update_average(run.averaged, objective.parameters(),
-                                       schedules.ema_decay(p, state.step, rate / p['learning_rate']))
-                    state.batch, state.step = state.batch + 1, state.step + 1
+                    watch.add(*loop_step(run, objective, train, mine[state.batch * bs:(state.batch + 1) * bs], p,
+                                         state.total(p, per_epoch)))
                     bar.update(1)
                     if (state.batch - first) % watch.every == 0 or state.batch == state.epoch_steps(p, per_epoch):
                         loss = watch.read(state)
@@ -264,7 +256,7 @@ def end_epoch(run, losses, seconds, images, data, test, p, plan, scorer, metrics
             plan.epoch_tested()
         return
     run.shown.eval()
-    began = time.perf_counter()
+    began, trained = time.perf_counter(), seconds
     bound, recon, kl = epoch_test(run.shown, *test, p)
     state.test_bounds.append(bound)
     seconds += time.perf_counter() - began
@@ -272,9 +264,9 @@ def end_epoch(run, losses, seconds, images, data, test, p, plan, scorer, metrics
     left = f', {budget.clock_time(plan.left())} left' if plan else ''
     skipped = f"  ({state.skipped} non-finite steps skipped so far)" if state.skipped else ''
     print(f"epoch {state.epoch}/{epochs}  train loss {loss:.2f}  test bound {bound:.2f} nats (reconstruction "
-          f"{recon:.2f} + KL {kl:.2f})  {seconds:.1f} s ({images / seconds:.0f} img/s){left}{skipped}")
+          f"{recon:.2f} + KL {kl:.2f})  {seconds:.1f} s ({images / trained:.0f} img/s){left}{skipped}")
     metrics.write('epoch', epoch=state.epoch, epochs=epochs, step=state.step, train_loss=loss, test_bound=bound,
-                  reconstruction=recon, kl=kl, seconds=round(seconds, 3), images_per_second=round(images / seconds, 1),
+                  reconstruction=recon, kl=kl, seconds=round(seconds, 3), images_per_second=round(images / trained, 1),
                   left=round(plan.left(), 1) if plan else None, skipped=state.skipped)
     figures.plot_losses(image_dir / 'Loss_Curve.png', state.losses, per_epoch, state.test_bounds)
     if plan:
@@ -317,6 +309,23 @@ def chore_seconds(run, test, p, per_epoch, scorer):
             budget.timed(lambda: torch.save([shown.state_dict(), run.optimizer.state_dict()], io.BytesIO()))
     run.model.train()
     return epoch, save
+
+
+def loop_step(run, objective, train, batch, p, total):
+    """One step of train's loop (and what bench.py times): the learning rate of the schedule for a run of
+    total steps, the update through objective on the images of train (images, labels) at the indices
+    batch (train_step), the moving average's, and the run's count of steps. Returns train_step's
+    (loss, finite), device tensors."""
+    state, (train_x, train_y) = run.state, train
+    rate = schedules.learning_rate(p, state.step, total, state.fall)
+    for group in run.optimizer.param_groups:
+        group['lr'] = rate
+    done = train_step(objective, run.optimizer, to_input(train_x[batch], p['binarize'], p['channel']),
+                      train_y[batch], p, state.step)
+    if run.averaged is not None:
+        update_average(run.averaged, objective.parameters(), schedules.ema_decay(p, state.step, rate / p['learning_rate']))
+    state.batch, state.step = state.batch + 1, state.step + 1
+    return done
 
 
 @torch.no_grad()

@@ -2,6 +2,7 @@
 import math
 import os
 import random
+import re
 import signal
 
 import pytest
@@ -153,14 +154,19 @@ def test_a_resumed_budget_run_keeps_its_steps_and_ends_where_the_uninterrupted_o
 
 
 @pytest.mark.slow
-def test_a_budget_too_short_is_refused_with_the_budget_that_would_do(clock, tmp_path):
+def test_a_budget_with_no_step_left_is_refused_and_a_short_one_shortens_the_warm_up(clock, tmp_path, capsys):
     """batch 4: 9 steps an epoch, 7 of them run before the decision (2 untimed, 5 timed; clock 9.5 s
-    with the timing's test and GIF). 6 s hold none of the epoch's rest."""
-    with pytest.raises(utils.InputError, match=r"minutes=0.1 is too short here: after 10 s of setting up, 7 steps "
-                                               r"of 1.00 s fit, fewer than one epoch \(9 steps\). Give minutes=1 or"):
+    with the timing's test and GIF). 6 s hold no step more. 30 s hold 23 steps (as above), fewer than twice
+    the KL's warm-up of 250: it is shortened to half the run, and the run ends on time."""
+    with pytest.raises(utils.InputError, match=r"minutes=0.1 is too short here: after 10 s of setting up and 7 steps "
+                                               r"timed, no step of 1.00 s is left. Give minutes=1 or more."):
         train_in(tmp_path, 'minutes=0.1', 'batch_size=4', *BUDGETED)
-    with pytest.raises(utils.InputError, match=r"fewer than the KL's warm-up \(kl_warmup=250\)"):
-        train_in(tmp_path, 'minutes=0.5', 'save_epoch=10')
+    capsys.readouterr()
+    clock[0] = 0.0
+    ckpt = load(train_in(tmp_path, 'minutes=0.5', 'save_epoch=10', out='short') / 'model_final')
+    assert re.search(r"minutes=0.5: 23 steps, 4.6 epochs at 8 img/s .*, to end by 0:30. The KL's warm-up is "
+                     r"shortened to half the run, 11 steps.\n", capsys.readouterr().out)
+    assert ckpt['params']['kl_warmup'] == 11 and ckpt['total_steps'] == 23 and clock[0] == 30.0
     with pytest.raises(utils.InputError, match='minutes=0.5 and epoch_num=3: give one of them'):
         train_in(tmp_path, 'minutes=0.5', 'epoch_num=3')
     epochs = train_in(tmp_path, 'epoch_num=1', out='epochs') / 'model_final'

@@ -1,5 +1,6 @@
-"""The compiled training step (compile=true): the same steps as eager within rounding, exact resume,
-checkpoints of the plain module, eager training where compiling fails, and auto's decision."""
+"""The compiled training step (compile=glimpse or step): the same steps as eager within rounding, one graph
+for every glimpse, exact resume, checkpoints of the plain module, eager training where compiling fails, and
+auto's choice."""
 import copy
 
 import pytest
@@ -28,12 +29,16 @@ def batches(n=4):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('precision, rtol', [('fp32', 1e-4), ('bf16', 2e-2)])
-def test_compiled_steps_follow_eager_steps_within_rounding(precision, rtol):
+@pytest.mark.parametrize('region, precision, rtol', [('glimpse', 'fp32', 1e-4), ('glimpse', 'bf16', 2e-2),
+                                                     ('step', 'fp32', 1e-4)])
+def test_compiled_steps_follow_eager_steps_within_rounding(region, precision, rtol):
     """Four steps (KL warm-up, free bits, fused Adam, clipping) through the compiled objective and
     through the eager one, from the same weights and noise: the same losses and weights within the
-    precision's rounding, and the reported loss is the ELBO."""
+    precision's rounding, and the reported loss is the ELBO. The glimpse compiles to one graph that
+    serves every glimpse, the first one too."""
     p = {**P, 'precision': precision}
+    torch._dynamo.reset()
+    graphs = torch._dynamo.utils.counters['stats']['unique_graphs']
     torch.manual_seed(0)
     model = DRAWModel(p)
     twin = copy.deepcopy(model)
@@ -42,8 +47,10 @@ def test_compiled_steps_follow_eager_steps_within_rounding(precision, rtol):
         optimizer = torch.optim.Adam(m.parameters(), lr=1e-2, betas=(0.5, 0.999), fused=True)
         objective = Objective(m)
         if compiled:
-            objective = compiling.compile_objective(objective, batches(1)[0], None, p['free_bits'], precision, print)
+            objective = compiling.compile_objective(objective, batches(1)[0], None, p['free_bits'], precision, print,
+                                                    region)
             assert isinstance(objective, compiling.Switch)
+            assert torch._dynamo.utils.counters['stats']['unique_graphs'] == graphs + 1  # T = 2 glimpses, one graph
         losses = []
         for step, x in enumerate(batches()):
             torch.manual_seed(step)
@@ -88,24 +95,29 @@ def test_a_failing_compiler_leaves_one_line_and_eager_training(monkeypatch, tmp_
 def test_without_a_cpp_compiler_training_says_so_and_runs_eager(monkeypatch):
     monkeypatch.setattr(compiling, 'unavailable', lambda device: 'no C++ compiler found (...)')
     cpu = torch.device('cpu')
-    for setting in ('auto', 'true'):
-        chosen, why = compiling.decide(setting, cpu, 10 ** 6, 1.0, 25, None)
-        assert not chosen and why == f'compile={setting}, but no C++ compiler found (...)'
+    for setting in ('auto', 'true', 'glimpse', 'step'):
+        chosen, why = compiling.decide(setting, cpu, 10 ** 6, 1.0, 25, {})
+        assert chosen is None and why == f'compile={setting}, but no C++ compiler found (...)'
 
 
-@pytest.mark.slow
-def test_auto_compiles_where_the_steps_left_win_back_the_compile_time(monkeypatch):
+def test_auto_compiles_what_ends_the_steps_left_soonest(monkeypatch):
+    """Eager for a few steps, the glimpse (a cheap compile) for a run of minutes, the whole step (dearer to
+    compile, a faster step) for hours; a compile recorded here instead of the cold estimate."""
     monkeypatch.setattr(compiling, 'unavailable', lambda device: None)
     cpu, share = torch.device('cpu'), compiling.SAVED_SHARE['cpu']
-    cold = compiling.COLD_SECONDS + compiling.COLD_SECONDS_PER_GLIMPSE * 25
-    steps = int(cold / (0.3 * share))  # eager steps of 0.3 s that save about the cold compile's time
-    assert not compiling.decide('auto', cpu, steps - 10, 0.3, 25, None)[0]
-    chosen, why = compiling.decide('auto', cpu, steps + 10, 0.3, 25, None)
-    assert chosen and f'{steps + 10:,} steps of 0.30 s eager' in why and 'a first compile' in why
-    chosen, why = compiling.decide('auto', cpu, 100, 0.3, 25, 5.0)  # a warm cache: 5 s measured last time
-    assert chosen and 'cost about 5 s (as recorded here)' in why
-    assert compiling.decide('false', cpu, 10 ** 6, 1.0, 25, None) == (False, 'compile=false')
-    assert compiling.decide('true', cpu, 1, 1.0, 25, None) == (True, 'compile=true')
+    cold = {r: compiling.COLD_SECONDS[r] + compiling.COLD_SECONDS_PER_GLIMPSE[r] * 25 for r in compiling.REGIONS}
+    pays = int(cold['glimpse'] / (0.3 * share['glimpse']))  # eager steps of 0.3 s that save the glimpse's compile
+    assert compiling.decide('auto', cpu, pays - 10, 0.3, 25, {})[0] is None
+    chosen, why = compiling.decide('auto', cpu, pays + 10, 0.3, 25, {})
+    assert chosen == 'glimpse' and f'{pays + 10:,} steps of 0.30 s: eager about' in why and 'a first compile' in why
+    hours = int((cold['step'] - cold['glimpse']) / (0.3 * (share['step'] - share['glimpse'])))  # where step catches up
+    assert compiling.decide('auto', cpu, hours - 10, 0.3, 25, {})[0] == 'glimpse'
+    assert compiling.decide('auto', cpu, hours + 10, 0.3, 25, {})[0] == 'step'
+    chosen, why = compiling.decide('auto', cpu, hours - 10, 0.3, 25, {'step': 5.0})  # the whole step's graph cached
+    assert chosen == 'step' and '(5 s to compile, as recorded here)' in why
+    assert compiling.decide('false', cpu, 10 ** 6, 1.0, 25, {}) == (None, 'compile=false')
+    assert compiling.decide('true', cpu, 1, 1.0, 25, {}) == ('glimpse', 'compile=true')
+    assert compiling.decide('step', cpu, 1, 1.0, 25, {}) == ('step', 'compile=step')
 
 
 @pytest.mark.slow
@@ -119,8 +131,12 @@ def test_the_record_expects_a_warm_start_after_a_cold_one_and_survives_a_damaged
     assert compiling.Record(tmp_path).get('k') == 6.0
 
 
-def test_the_record_keys_the_class_count_only_for_a_conditional_model():
+def test_the_record_keys_the_class_count_only_for_a_conditional_model_and_t_only_for_the_whole_step():
     cpu = torch.device('cpu')
-    assert compiling.cache_key(P, 46, cpu) == compiling.cache_key(P, 10, cpu)  # same graph on other data
-    conditional = {**P, 'conditional': True}
-    assert compiling.cache_key(conditional, 46, cpu) != compiling.cache_key(conditional, 10, cpu)
+    for region in compiling.REGIONS:
+        assert compiling.cache_key(P, 46, cpu, region) == compiling.cache_key(P, 10, cpu, region)  # other data
+        conditional = {**P, 'conditional': True}
+        assert compiling.cache_key(conditional, 46, cpu, region) != compiling.cache_key(conditional, 10, cpu, region)
+    assert compiling.cache_key(P, 0, cpu, 'glimpse') == compiling.cache_key({**P, 'T': 64}, 0, cpu, 'glimpse')
+    assert compiling.cache_key(P, 0, cpu, 'step') != compiling.cache_key({**P, 'T': 64}, 0, cpu, 'step')
+    assert compiling.cache_key(P, 0, cpu, 'step') != compiling.cache_key(P, 0, cpu, 'glimpse')

@@ -121,15 +121,19 @@ def test_resume_keeps_the_model_and_refuses_foreign_checkpoints(work):
 
 
 def ctrl_c_at_call(monkeypatch, n):
-    """SIGINT to this process in the n-th call of the model's ELBO terms (training steps and test batches)."""
-    calls, elbo_terms = [0], DRAWModel.elbo_terms
+    """SIGINT to this process in the n-th pass of the model over a batch (training steps' objective and
+    test batches' ELBO terms)."""
+    calls = [0]
 
-    def terms_then_ctrl_c(self, x, y=None):
-        calls[0] += 1
-        if calls[0] == n:
-            os.kill(os.getpid(), signal.SIGINT)
-        return elbo_terms(self, x, y)
-    monkeypatch.setattr(DRAWModel, 'elbo_terms', terms_then_ctrl_c)
+    def then_ctrl_c(method):
+        def counted(self, *args, **kwargs):
+            calls[0] += 1
+            if calls[0] == n:
+                os.kill(os.getpid(), signal.SIGINT)
+            return method(self, *args, **kwargs)
+        return counted
+    for name in ('objective', 'elbo_terms'):
+        monkeypatch.setattr(DRAWModel, name, then_ctrl_c(getattr(DRAWModel, name)))
 
 
 @pytest.mark.slow

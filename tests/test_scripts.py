@@ -139,19 +139,22 @@ def test_bench_prints_the_side_by_side_table(tmp_path):
     for name in {'2019-style', 'train.py (fp32)', 'train.py (bf16)', changed} & set(rows):
         assert float(rows[name][-3]) > 0 and rows[name][-1].endswith('%')  # GFLOP/image, ..., share of peak
     assert re.search(r'generation: 64 samples \+ PNG \+ GIF in \d+\.\d\d s', out.stdout)
-    compiled = f"train.py ({'bf16' if native else 'fp32'}, compiled)"  # what a long train.py run uses
+    compiled = [f"train.py ({'bf16' if native else 'fp32'}, {region} compiled)" for region in ('glimpse', 'step')]
     eager = 'train.py (bf16)' if native else 'train.py (fp32)'
-    assert float(rows[compiled][-3]) == pytest.approx(float(rows[eager][-3]))  # the same arithmetic, counted
+    for name in compiled:  # what compile=auto chooses between
+        assert float(rows[name][-3]) == pytest.approx(float(rows[eager][-3]))  # the same arithmetic, counted
     variant = ('2019-style', 'train.py (')
     spent = {line.split('  ')[0]: line.split()[-7:] for line in shares.splitlines() if line.startswith(variant)}
     assert set(spent) == {name for name in rows if name.startswith(variant)}  # every step timed, profiled
     for name, (calls, products, batched, fused, other, _, share) in spent.items():
         shares_of_step = [float(v.rstrip('%')) for v in (products, fused, other)]
         assert sum(shares_of_step) == pytest.approx(100, abs=2) and float(batched.rstrip('%')) <= shares_of_step[0]
-        assert (shares_of_step[1] > 0) == (name == compiled) and share.endswith('%')  # fused kernels: compiled only
-    assert int(spent[compiled][0].replace(',', '')) < int(spent[eager][0].replace(',', '')) / 3  # fewer operators
-    assert re.search(r'compile time of the step: \d+ s cold \(empty caches\), \d+ s warm \(a second process\)',
-                     out.stdout)
+        assert (shares_of_step[1] > 0) == (name in compiled) and share.endswith('%')  # fused kernels: compiled only
+        if name in compiled:
+            assert int(calls.replace(',', '')) < int(spent[eager][0].replace(',', '')) / 2  # fewer operators
+    for region in ('the glimpse', 'the whole step'):
+        assert re.search(rf'compile time of {region}: \d+ s cold \(empty caches\), \d+ s warm \(a second process\)',
+                         out.stdout)
 
 
 @pytest.mark.slow
