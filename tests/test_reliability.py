@@ -184,7 +184,7 @@ def test_ctrl_c_while_the_step_compiles_stops_the_run_with_one_line(work, tmp_pa
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         for line in proc.stdout:
-            if line.startswith('Compiling the training step'):
+            if line.startswith('Compiling the glimpse'):
                 break
         time.sleep(1)
         assert proc.poll() is None  # still compiling

@@ -136,6 +136,44 @@ def test_each_step_trains_at_the_schedules_rate(monkeypatch, tmp_path):
     assert seen == pytest.approx([schedules.learning_rate(p, s, 6) for s in range(6)]) and seen[0] == p['learning_rate']
 
 
+def test_bench_times_the_step_that_the_loop_runs(monkeypatch, tmp_path, capsys):
+    """bench.py's train.py rows step through training.loop_step, as train.py's loop does: a batch of
+    distinct images of its data, the schedule's rate, the moving average kept; and the epoch line's
+    images per second are its steps' (the test bound after them, here 10 s on a fake clock, is not counted)."""
+    import bench
+    calls, step = [], training.loop_step
+
+    def recording(run, objective, train, batch, p, total):
+        calls.append((run, batch.tolist(), total))
+        return step(run, objective, train, batch, p, total)
+    monkeypatch.setattr(training, 'loop_step', recording)
+    p = {**P, 'batch_size': 8, 'epoch_num': 3, 'ema': 0.99}
+    timed = bench.make_step(p, torch.device('cpu'), 'train.py')
+    for _ in range(2):
+        timed()
+    (run, first, total), (same, second, _) = calls
+    assert run is same and run.state.step == 2 and run.averaged is not None and total == 3 * bench.DATA_IMAGES // 8
+    assert len(set(first + second)) == 16 and run.optimizer.param_groups[0]['lr'] == schedules.learning_rate(p, 1, total)
+    calls.clear()
+    now = [0.0]
+    monkeypatch.setattr(training, 'time', types.SimpleNamespace(perf_counter=lambda: now[0]))
+    stepping, testing = training.train_step, training.epoch_test
+
+    def one_second(*args):
+        now[0] += 1.0
+        return stepping(*args)
+
+    def ten_seconds(*args):
+        now[0] += 10.0
+        return testing(*args)
+    monkeypatch.setattr(training, 'train_step', one_second)
+    monkeypatch.setattr(training, 'epoch_test', ten_seconds)
+    model, optimizer = setup()
+    train_two_epochs(model, optimizer, torch.zeros(48, 1, 12, 12, dtype=torch.uint8), {**P, 'batch_size': 16,
+                                                                                     'epoch_num': 1}, tmp_path)
+    assert len(calls) == 3 and '13.0 s (16 img/s)' in capsys.readouterr().out  # 3 steps of 16 images in 3 s
+
+
 def test_the_moving_average_s_horizon_shrinks_in_proportion_to_the_learning_rate():
     """1 / (1 - decay) is 500 steps at ema=0.998 and the full rate, 250 at half the rate, 5 at 1%, and
     none (the average is the weights) from 0.2% down to 0; the first steps keep the warm-up rule."""
