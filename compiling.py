@@ -25,7 +25,7 @@ import config
 import utils
 
 # What compile=auto assumes before this machine has compiled a region once: a step compiled so saves at
-# least SAVED_SHARE of an eager step's time (the least bench.py has measured on this project's CPUs; on
+# least SAVED_SHARE of an eager step's time (about the least bench.py has measured on this project's CPUs; on
 # CUDA, guesses: unmeasured), and a first (cold) compile costs about COLD_SECONDS + COLD_SECONDS_PER_GLIMPSE
 # * T of forward and backward (the glimpse's graph is one glimpse long whatever T). A start that finds
 # the graph in inductor's caches costs WARM_SHARE of a cold one. Later runs use the compile time they
@@ -80,10 +80,11 @@ class Record:
         self.seconds = self.seconds if isinstance(self.seconds, dict) else {}  # a damaged file counts as none
 
     def get(self, key):
-        """The recorded seconds, or None where there are none or inductor's caches have been cleared."""
+        """The recorded seconds, or None where there are none or inductor's caches have been cleared (their
+        folder gone or empty: inductor makes it again, empty, when it looks for a C++ compiler)."""
         from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-        found = self.seconds.get(key)
-        cached = Path(os.environ.get('TORCHINDUCTOR_CACHE_DIR') or default_cache_dir()).is_dir()
+        found, folder = self.seconds.get(key), Path(os.environ.get('TORCHINDUCTOR_CACHE_DIR') or default_cache_dir())
+        cached = folder.is_dir() and any(folder.iterdir())
         return found if isinstance(found, (int, float)) and cached else None
 
     def put(self, key, seconds, cached, log):

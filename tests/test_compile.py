@@ -120,8 +120,11 @@ def test_auto_compiles_what_ends_the_steps_left_soonest(monkeypatch):
     assert compiling.decide('step', cpu, 1, 1.0, 25, {}) == ('step', 'compile=step')
 
 
-@pytest.mark.slow
-def test_the_record_expects_a_warm_start_after_a_cold_one_and_survives_a_damaged_file(tmp_path):
+def test_the_record_expects_a_warm_start_after_a_cold_one_and_survives_a_damaged_file_or_emptied_caches(
+        tmp_path, monkeypatch):
+    inductor = tmp_path / 'inductor'
+    monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', str(inductor))
+    (inductor / 'graphs').mkdir(parents=True)
     (tmp_path / 'compile_seconds.json').write_text('{not json')
     record = compiling.Record(tmp_path)
     assert record.get('k') is None
@@ -129,6 +132,10 @@ def test_the_record_expects_a_warm_start_after_a_cold_one_and_survives_a_damaged
     assert compiling.Record(tmp_path).get('k') == 200.0 * compiling.WARM_SHARE
     record.put('k', 6.04, True, print)  # a warm one: what it took
     assert compiling.Record(tmp_path).get('k') == 6.0
+    (inductor / 'graphs').rmdir()  # emptied (inductor makes the folder again, empty, before it compiles)
+    assert compiling.Record(tmp_path).get('k') is None
+    inductor.rmdir()
+    assert compiling.Record(tmp_path).get('k') is None
 
 
 def test_the_record_keys_the_class_count_only_for_a_conditional_model_and_t_only_for_the_whole_step():
