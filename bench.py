@@ -182,8 +182,8 @@ def compile_seconds(region, overrides, cache):
     return float(out.stdout.split()[-1])
 
 
-def throughput(variants, p, device, windows, steps, warmup):
-    """{name: [images/s of each window]}, the variants timed in turn."""
+def throughput(variants, sizes, device, windows, steps, warmup):
+    """{name: [images/s of each window]}, the variants (of sizes[name] images a step) timed in turn."""
     rates = {name: [] for name in variants}
     for step in variants.values():
         for _ in range(warmup):
@@ -195,7 +195,7 @@ def throughput(variants, p, device, windows, steps, warmup):
             for _ in range(steps):
                 step()
             sync(device)
-            rates[name].append(steps * p['batch_size'] / (time.perf_counter() - start))
+            rates[name].append(steps * sizes[name] / (time.perf_counter() - start))
     return rates
 
 
@@ -263,14 +263,14 @@ def print_rates(rates, gflop, peak, width):
               f"{gflop[variant]:>13.3g}{gflop[variant] * median:>9,.0f}{gflop[variant] * median / peak[variant]:>9.0%}")
 
 
-def print_profile(variants, gflop, peak, batch_size, width):
+def print_profile(variants, gflop, peak, sizes, width):
     """Where each variant's step time goes, by operator kind (torch.profiler)."""
     print("where a step's time goes (torch.profiler, 3 steps each; matrix products' GFLOP/s and share of peak):")
     print(f"{'training step':<{width}}{'operator calls':>15}{'products':>10}{'batched':>9}{'fused':>7}"
           f"{'other':>7}{'GFLOP/s':>9}{'of peak':>9}")
     for variant, step in variants.items():
         products, batched, fused, other, calls = time_shares(step)
-        total, rate = products + fused + other, gflop[variant] * batch_size / products
+        total, rate = products + fused + other, gflop[variant] * sizes[variant] / products
         print(f"{variant:<{width}}{calls:>15,.0f}{products / total:>10.0%}{batched / total:>9.0%}"
               f"{fused / total:>7.0%}{other / total:>7.0%}{rate:>9,.0f}{rate / peak[variant]:>9.0%}")
 
@@ -308,11 +308,12 @@ def main(argv=None):
         print(f"train.py (bf16): not timed, bf16 is not native on {device} (precision=auto uses fp32 here)")
     peaks = {'fp32': peak_gflops(device, torch.float32), **({'bf16': peak_gflops(device, torch.bfloat16)} if native else {})}
     print(f"matrix-product peak: {', '.join(f'{k} {v:,.0f} GFLOP/s' for k, v in peaks.items())}")
-    gflop = {variant: step_gflop(step, p['batch_size']) for variant, step in variants.items()}
+    sizes = {variant: params['batch_size'] for variant, (params, _) in plan.items()}  # a --vs may change it
+    gflop = {variant: step_gflop(step, sizes[variant]) for variant, step in variants.items()}
     peak = {variant: peaks['bf16' if variant.startswith('train.py (bf16') else 'fp32'] for variant in variants}
-    print_rates(throughput(variants, p, device, args.windows, args.steps, args.warmup), gflop, peak, width)
+    print_rates(throughput(variants, sizes, device, args.windows, args.steps, args.warmup), gflop, peak, width)
     if device.type == 'cpu':
-        print_profile(variants, gflop, peak, p['batch_size'], width)
+        print_profile(variants, gflop, peak, sizes, width)
     for region, (cold, warm) in seconds.items():
         print(f"compile time of {compiling.WHAT[region]}: {cold:.0f} s cold (empty caches), {warm:.0f} s warm "
               f"(a second process)")

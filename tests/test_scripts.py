@@ -117,7 +117,7 @@ def test_checkpoint_saved_on_a_gpu_loads_on_a_cpu(trained, tmp_path, monkeypatch
 @pytest.mark.slow
 def test_bench_prints_the_side_by_side_table(tmp_path):
     out = run('bench.py', '--windows', '2', '--steps', '1', '--warmup', '0', 'T=2', 'enc_size=8', 'dec_size=8',
-              'batch_size=4', '--vs', 'write_N=3,read_N=3', '--vs', 'precision=fp32', cwd=tmp_path)
+              'batch_size=4', '--vs', 'write_N=3,read_N=3', '--vs', 'precision=fp32', '--vs', 'batch_size=8', cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     speeds, _, shares = out.stdout.partition("where a step's time goes")
     rows = {line.split('  ')[0]: line.split() for line in speeds.splitlines()}
@@ -127,6 +127,8 @@ def test_bench_prints_the_side_by_side_table(tmp_path):
     changed = f"train.py ({'bf16' if native else 'fp32'}, write_N=3,read_N=3)"  # --vs: the same step, other params
     assert float(rows[changed][-3]) != float(rows['train.py (fp32)'][-3])  # its own arithmetic: other sizes
     assert 'train.py (fp32, precision=fp32)' in rows  # a precision it asks for is the one it runs in
+    other_batch = f"train.py ({'bf16' if native else 'fp32'}, batch_size=8)"  # its own batch: per image the same
+    assert float(rows[other_batch][-3]) == pytest.approx(float(rows['train.py (fp32)'][-3]))
     found = re.search(r"test bound, 1,000 images: \S+ s as train.py computes it \((\w+), batches of 16\), \S+ s in fp32 "
                       r"batches of 4 \(median of 3\); the bound (\S+) and (\S+) nats", out.stdout)
     assert found and float(found[2]) == pytest.approx(float(found[3]), rel=0.01)  # other batches: other noise
