@@ -147,8 +147,8 @@ def variants_planned(p, vs, device, precision, native, compiled):
             chosen, _ = utils.resolve_precision(other['precision'], device)
         except utils.InputError as e:
             raise utils.InputError(f'--vs {change}: {e}') from None
-        region = {'true': 'glimpse', 'glimpse': 'glimpse', 'step': 'step'}.get(other['compile'], 'train.py')
-        plan[f'train.py ({chosen}, {change})'] = ({**other, 'precision': chosen}, region)
+        asked = compiling.regions(other['compile'])  # compile=auto or false: eager, as before the run decides
+        plan[f'train.py ({chosen}, {change})'] = ({**other, 'precision': chosen}, asked[0] if len(asked) == 1 else 'train.py')
     return plan
 
 
@@ -290,8 +290,8 @@ def main(argv=None):
         print(f'{time.perf_counter() - start:.1f}')
         return
     native = utils.native_bf16(device)
-    compiled = () if p['compile'] == 'false' or compiling.unavailable(device) else \
-        compiling.REGIONS if p['compile'] == 'auto' else ('step',) if p['compile'] == 'step' else ('glimpse',)
+    compiled = compiling.regions(p['compile'])
+    compiled = () if compiled and compiling.unavailable(device) else compiled
     plan = variants_planned(p, args.vs, device, precision, native, compiled)  # --vs checked before any work
     with tempfile.TemporaryDirectory() as cache:
         # each region cold in a fresh process, warm in a second one, then warm here

@@ -97,6 +97,12 @@ class Record:
             log(f"warning: {e} The compile time is not recorded.")
 
 
+def regions(setting):
+    """The regions compile=setting may compile: both for auto (it chooses), the one it names (true: the
+    glimpse), none for false."""
+    return {'auto': REGIONS, 'false': (), 'true': ('glimpse',)}.get(setting, (setting,))
+
+
 def decide(setting, device, steps, step_seconds, T, recorded):
     """(the region to compile, or None for eager; why) for compile=setting on device: auto picks what
     ends steps eager steps of step_seconds each soonest, each region's compile costing its recorded
@@ -107,7 +113,7 @@ def decide(setting, device, steps, step_seconds, T, recorded):
     if reason:
         return None, f'compile={setting}, but {reason}'
     if setting != 'auto':
-        return ('glimpse' if setting == 'true' else setting), f'compile={setting}'
+        return regions(setting)[0], f'compile={setting}'
     eager, shares = steps * step_seconds, SAVED_SHARE.get(device.type, {})
     ends, said = {None: eager}, []
     for region in REGIONS:

@@ -269,5 +269,6 @@ def step_objective(model, train, p, state, num_classes, plan=None):
                                                 record, keys[region])
     return distributed.parallel(objective, train_x.device)
 
+
 if __name__ == '__main__':
     utils.run(main)
